@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with everything its tests and sweeps need.
+# torch==2.13.0 is the CPU build this machine kind keeps on local disk; on your own machine, install
+# the torch build you want first (CUDA or CPU) and this script keeps it (the project asks for torch>=2.1).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+if ! python -c "import torch" 2>/dev/null; then
+    pip install -q "torch==2.13.0"
+fi
+pip install -q -e ".[test,dask,parquet]"
