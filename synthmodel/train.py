@@ -278,10 +278,7 @@ class _Trainer:
     def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         c = self.config
         soft = dict(alpha=c.label_smoothing, temperature=c.temperature)
-        if c.mode == Mode.STANDARD.value or c.eps == 0:
-            if c.mode == Mode.TRADES.value:
-                return trades_loss(self.model(x), self.model(x), y, c.trades_beta,
-                                   teacher_logits=self._teacher_logits(x), **soft)
+        if c.mode == Mode.STANDARD.value:
             return robust_objective(self.model(x), y, teacher_logits=self._teacher_logits(x), **soft)
         if c.mode == Mode.AT.value:
             if c.attack == "logitwise":
