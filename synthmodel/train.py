@@ -295,8 +295,8 @@ class _Trainer:
         return trades_loss(self.model(x), self.model(x_adv), y, c.trades_beta,
                            teacher_logits=self._teacher_logits(x), **soft)
 
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, epoch: int, with_cas: bool) -> dict[str, float]:
-        """Clean/robust accuracy, robust loss and (optionally) CAS on PGD inputs, in eval mode."""
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, epoch: int, with_cas: bool) -> dict[str, Any]:
+        """Clean/robust accuracy, robust loss and (optionally) C and CAS on PGD inputs, in eval mode."""
         c = self.config
         gen = torch.Generator().manual_seed(derive_seed(c.seed, "eval", epoch, x.shape[0]))
         with atk.preserve_mode(self.model, "eval"):
@@ -316,7 +316,8 @@ class _Trainer:
                 import warnings
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # NaN CAS at a zero model is recorded as NaN
-                    out["cas"] = attribution(self.model, x_adv, y, mode=None).cas
+                    result = attribution(self.model, x_adv, y, mode=None)
+                out["cas"], out["class_matrix"] = result.cas, result.matrix.tolist()
         return out
 
     # -- loop ------------------------------------------------------------------------------
@@ -350,6 +351,7 @@ class _Trainer:
                 "train_robust_loss": train_eval["robust_loss"],
                 "test_clean_acc": test_eval["clean_acc"], "test_robust_acc": test_eval["robust_acc"],
                 "test_robust_loss": test_eval["robust_loss"], "cas": test_eval["cas"],
+                "class_matrix": test_eval["class_matrix"],
             }
             if isinstance(self.model, TiedLinear):
                 record["w1"], record["w2"] = self.model.w1, self.model.w2

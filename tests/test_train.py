@@ -45,7 +45,7 @@ def test_history_fields_and_best_epoch():
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     for record in result.history:
         assert {"train_loss", "train_clean_acc", "train_robust_acc", "test_clean_acc", "test_robust_acc",
-                "test_robust_loss", "cas", "w1", "w2", "lr"} <= set(record)
+                "test_robust_loss", "cas", "class_matrix", "w1", "w2", "lr"} <= set(record)
         assert record["test_robust_acc"] <= record["test_clean_acc"]
     best = max(result.history, key=lambda r: r["test_robust_acc"])
     assert result.best_epoch == best["epoch"]
