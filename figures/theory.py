@@ -1,0 +1,146 @@
+"""Figures of the population theory: optimal weights, thresholds, CAS, and Claim 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import style
+from .data import MissingData, Sources, finite
+
+FORMALISATION = ["attack", "norm", "weights"]
+
+# what the figures compute themselves when no store holds theory points: the paper's world
+DEFAULT_WORLD = {"preset": "paper3", "mu": 1.0, "sigma": 0.5}
+DEFAULT_FORMS = [("joint", "linf", "unconstrained"), ("logitwise", "linf", "unconstrained")]
+DEFAULT_ALPHAS = (0.0, 0.2)
+
+
+def compute_theory(world: dict, forms, alphas, eps: np.ndarray) -> pd.DataFrame:
+    """Optimal weights, thresholds and CAS by the population engine, in the sweep's theory-point columns."""
+    from synthmodel import population as pop
+
+    model = pop.world_from(world["preset"], mu=world["mu"], sigma=world["sigma"])
+    rows = []
+    for attack, norm, weights in forms:
+        eps0 = pop.threshold(model, pop.Formalisation(attack=attack, norm=norm, weights=weights)).eps
+        for alpha in alphas:
+            form = pop.Formalisation(attack=attack, norm=norm, alpha=float(alpha), weights=weights)
+            opt = pop.optimal_weights(model, form, eps)
+            eps1 = pop.threshold(model, form).eps if alpha else None
+            acc = pop.robust_accuracy(model, opt["w1"], opt["w2"], eps, norm).value
+            for i, e in enumerate(eps):
+                w1, w2 = float(opt["w1"][i]), float(opt["w2"][i])
+                rows.append({**world, "eps": float(e), "alpha": float(alpha), "attack": attack, "norm": norm,
+                             "weights": weights, "w1": w1, "w2": w2, "ratio": w2 / w1 if w1 else None,
+                             "robust_acc": float(acc[i]), "cas": pop.population_cas(model, w1, w2),
+                             "cas_adv": pop.population_cas(model, w1, w2, float(e), norm), "eps0": eps0, "eps1": eps1})
+    return pd.DataFrame(rows)
+
+
+def theory_frame(sources: Sources) -> tuple[pd.DataFrame, str]:
+    """Theory points of the stores, or the paper's world computed here when there are none."""
+    frame = sources.kind("theory")
+    if not frame.empty:
+        return frame, "sweep store"
+    try:
+        eps = np.linspace(0.0, 0.49, 50) * DEFAULT_WORLD["mu"]
+        return compute_theory(DEFAULT_WORLD, DEFAULT_FORMS, DEFAULT_ALPHAS, eps), "population engine (no theory store)"
+    except ImportError as exc:  # pragma: no cover - the engine ships with the package
+        raise MissingData(f"no theory points in the stores and no population engine ({exc})") from None
+
+
+def _form_label(key) -> str:
+    attack, norm, weights = key
+    return f"{attack}, {norm}, {weights}"
+
+
+def _alpha_colour(alphas) -> dict[float, str]:
+    return {a: style.PALETTE[i % len(style.PALETTE)] for i, a in enumerate(sorted(alphas))}
+
+
+def weights_vs_eps(sources: Sources, out: Path) -> list[Path]:
+    """Optimal w1, w2 (top) and w2/w1 (bottom) against eps for each formalisation; eps0 / eps1 marked."""
+    frame, origin = theory_frame(sources)
+    forms = list(frame.groupby(FORMALISATION, sort=True))
+    colours = _alpha_colour(frame["alpha"].unique())
+    fig, axes = style.figure(ncols=len(forms), nrows=2, width=3.0, height=2.4, sharex="col")
+    for col, (key, group) in enumerate(forms):
+        top, bottom = axes[0, col], axes[1, col]
+        for alpha, curve in group.groupby("alpha"):
+            curve = curve.sort_values("eps")
+            colour = colours[alpha]
+            label = "AT" if alpha == 0 else f"AT + LS $\\alpha$={alpha:g}"
+            top.plot(curve["eps"], curve["w1"], color=colour, ls="-", label=f"$w_1$ {label}")
+            top.plot(curve["eps"], curve["w2"], color=colour, ls="--", label=f"$w_2$ {label}")
+            bottom.plot(curve["eps"], finite(curve["ratio"]), color=colour, label=label)
+            threshold = curve["eps0"].iloc[0] if alpha == 0 else curve["eps1"].iloc[0]
+            if threshold is not None and np.isfinite(float(threshold)):
+                for ax in (top, bottom):
+                    ax.axvline(float(threshold), color=colour, ls=":", lw=1)
+                name = "$\\epsilon_0$" if alpha == 0 else "$\\epsilon_1$"
+                bottom.annotate(f"{name}={float(threshold):.3f}", (float(threshold), 0.02), color=colour,
+                                xycoords=("data", "axes fraction"), fontsize=7, rotation=90, ha="right", va="bottom")
+        top.axhline(0, color="0.5", lw=0.6)
+        bottom.axhline(0, color="0.5", lw=0.6)
+        top.set_title(_form_label(key))
+        top.set_ylabel("optimal weight")
+        bottom.set_ylabel("$w_2 / w_1$")
+        bottom.set_xlabel("$\\epsilon$ (input units)")
+    axes[0, 0].legend(loc="best")
+    axes[1, 0].legend(loc="best")
+    fig.suptitle(f"Optimal weights of the tied model ({origin})", fontsize=9)
+    return style.save(fig, out, "theory_weights")
+
+
+def cas_vs_eps(sources: Sources, out: Path) -> list[Path]:
+    """Population CAS of the optimal tied model on clean and l_inf adversarial inputs against eps."""
+    frame, origin = theory_frame(sources)
+    forms = list(frame.groupby(FORMALISATION, sort=True))
+    colours = _alpha_colour(frame["alpha"].unique())
+    fig, axes = style.figure(ncols=len(forms), width=3.0, height=2.4, sharey=True)
+    for col, (key, group) in enumerate(forms):
+        ax = axes[0, col]
+        for alpha, curve in group.groupby("alpha"):
+            curve = curve.sort_values("eps")
+            label = "AT" if alpha == 0 else f"AT + LS $\\alpha$={alpha:g}"
+            ax.plot(curve["eps"], finite(curve["cas"]), color=colours[alpha], label=f"{label}, clean")
+            if "cas_adv" in curve and np.isfinite(finite(curve["cas_adv"])).any():
+                ax.plot(curve["eps"], finite(curve["cas_adv"]), color=colours[alpha], ls="--",
+                        label=f"{label}, adversarial")
+        ax.set_title(_form_label(key))
+        ax.set_xlabel("$\\epsilon$ (input units)")
+    axes[0, 0].set_ylabel("population CAS")
+    axes[0, 0].legend(loc="best")
+    fig.suptitle(f"CAS of the optimal tied model ({origin})", fontsize=9)
+    return style.save(fig, out, "theory_cas")
+
+
+def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
+    """Robust accuracy against w2/w1 at fixed eps (Claim 2: it rises on [0, 1])."""
+    from synthmodel import population as pop
+
+    frame = sources.kind("theory")
+    world = dict(DEFAULT_WORLD)
+    if not frame.empty:
+        first = frame.iloc[0]
+        world = {"preset": first["preset"], "mu": float(first["mu"]), "sigma": float(first["sigma"])}
+    model = pop.world_from(world["preset"], mu=world["mu"], sigma=world["sigma"])
+    ratios = np.linspace(0.0, 1.5, 61)
+    fig, axes = style.figure(ncols=2, width=3.2, height=2.5)
+    for i, norm in enumerate(("linf", "l2")):
+        ax = axes[0, i]
+        top = 0.5 if norm == "linf" else 0.5 * np.sqrt(2)
+        for j, fraction in enumerate((0.1, 0.3, 0.5, 0.7)):
+            eps = fraction * top * world["mu"]
+            acc = pop.robust_accuracy(model, np.ones_like(ratios), ratios, np.full_like(ratios, eps), norm).value
+            ax.plot(ratios, acc, color=style.PALETTE[j], marker=style.MARKERS[j], markevery=10, ms=3,
+                    label=f"$\\epsilon$={eps:.3g}")
+        ax.axvspan(0, 1, color="0.9", zorder=0, label="Claim 2 range $[0, w_1]$")
+        ax.set_xlabel("$w_2 / w_1$")
+        ax.set_ylabel("robust accuracy")
+        ax.set_title(f"{world['preset']}, $\\mu$={world['mu']:g}, $\\sigma$={world['sigma']:g}, {norm}")
+    axes[0, 0].legend(loc="best")
+    return style.save(fig, out, "claim2_accuracy")
