@@ -167,3 +167,11 @@ def test_device_cuda_without_gpu_exits_2():
                            "/tmp/never", "--device", "cuda"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "no CUDA GPU" in proc.stderr
+
+
+def test_epoch_benchmark_runs_on_cpu_with_a_tiny_size():
+    proc = subprocess.run([sys.executable, "benchmarks/real_data_epoch.py", "--device", "cpu", "--n", "4",
+                           "--batch-size", "4", "--steps", "1", "--baseline-n", "4"], capture_output=True, text=True,
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "1.111 GFLOP/image" in proc.stdout and "speed-up" in proc.stdout  # PreActResNet-18 at 32x32
