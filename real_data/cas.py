@@ -1,0 +1,180 @@
+"""Per-checkpoint clean accuracy, PGD-20 robust accuracy, class matrix C and CAS on a test split.
+
+``python -m real_data.cas --checkpoint best.pt last.pt --dataset cifar10:DIR [--out DIR] [--json]``
+
+The metric is PAPER.md's "attribution metric", computed by synthmodel's attribution code on the
+features ``g(x_adv)`` of PGD adversarial test images (default: l_inf, eps 8/255, 20 steps of eps/4,
+random start, model in eval mode, pixels in [0, 1] normalised inside the model). Unlike the
+official script it uses *every* test image (it drops the last ``n mod 100`` of each class) and
+runs on CPU as well as CUDA. Every checkpoint is attacked with the same random-start stream
+(seeded by ``--seed``), so differences between checkpoints are not differences of luck.
+
+Checkpoints: this package's files, or the official code's bare PreActResNet-18 state_dicts
+(``model_best.pth``, ``model_last.pth``, also with DataParallel ``module.`` prefixes), all read with
+``torch.load(weights_only=True)``.
+
+Output: a table printed (and ``DIR/cas.csv``), per checkpoint ``DIR/matrix_<i>_<name>.csv`` (K x K,
+class names as index and header) and one figure of heatmaps ``DIR/heatmaps.png``; ``--json`` prints
+``[{"checkpoint", "clean_acc", "robust_acc", "cas", "matrix"}, ...]`` instead of the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from synthmodel.attacks import Norm
+from synthmodel.sample import derive_seed
+
+from .data import ImageData, load_dataset
+from .evaluate import Evaluation, ThreatModel, evaluate
+from .models import ARCHS, ImageClassifier
+from .runtime import (
+    MEMORY_FORMATS,
+    PRECISIONS,
+    model_from_checkpoint,
+    precision_dtype,
+    resolve_device,
+    use_channels_last,
+)
+
+__all__ = ["checkpoint_cas", "plot_heatmaps", "build_parser", "main"]
+
+_DEFAULT_EPS = {"linf": 8.0, "l2": 128.0}  # 1/255 units
+
+
+def checkpoint_cas(model: ImageClassifier, data: ImageData, threat: ThreatModel, *, seed: int = 0,
+                   n: int = 0, batch_size: int = 256, device: torch.device | None = None,
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                   progress: bool = False, desc: str = "cas") -> Evaluation:
+    """Clean/robust accuracy and attribution (C, CAS) of ``model`` on the first ``n`` test images (0 = all).
+
+    The attack's random start is drawn from a generator seeded by ``derive_seed(seed, "cas")``,
+    consumed batch by batch: the same for every model evaluated with the same arguments.
+    """
+    device = device or torch.device("cpu")
+    n = n or data.x_test.shape[0]
+    images, labels = data.x_test[:n].to(device), data.y_test[:n].to(device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "cas"))
+    return evaluate(model, images, labels, threat, generator=generator, batch_size=batch_size, amp_dtype=amp_dtype,
+                    channels_last=channels_last, with_attribution=True, progress=progress, desc=desc)
+
+
+def plot_heatmaps(matrices: list[np.ndarray], titles: list[str], path: Path) -> None:
+    """One row of C heatmaps (colour scale [-1, 1]) written to ``path`` (temp file, then rename)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
+    image = None
+    for ax, matrix, title in zip(axes[0], matrices, titles, strict=True):
+        image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("class j")
+        ax.set_ylabel("class i")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="C[i, j]")
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m real_data.cas",
+                                description="Clean accuracy, PGD robust accuracy, class matrix C and CAS of each "
+                                            "checkpoint on the full test split.")
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE",
+                   help="real_data checkpoints or official bare state_dicts")
+    p.add_argument("--dataset", required=True, help="cifar10:DIR | cifar100:DIR | npz:FILE")
+    p.add_argument("--arch", choices=list(ARCHS), default="preact-resnet18",
+                   help="architecture of bare state_dicts (default %(default)s, the official code's)")
+    p.add_argument("--width", type=int, default=32, help="small-cnn width of bare state_dicts")
+    p.add_argument("--norm", choices=[n.value for n in Norm], default="linf")
+    p.add_argument("--eps", type=float, default=None, help="1/255 units (default 8 linf, 128 l2)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--step-size", type=float, default=None, help="1/255 units (default eps/4)")
+    p.add_argument("--n", type=int, default=0, help="first n test images (0 = all)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="of the attack; features are float32")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
+    p.add_argument("--out", metavar="DIR", help="write cas.csv, matrix_*.csv and heatmaps.png here")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        eps = _DEFAULT_EPS[args.norm] if args.eps is None else args.eps
+        if not math.isfinite(eps) or eps < 0 or args.steps < 1 or args.n < 0 or args.batch_size < 1:
+            raise ValueError("eps must be >= 0, steps and batch size >= 1, n >= 0")
+        threat = ThreatModel(eps=eps / 255.0, norm=args.norm, steps=args.steps,
+                             step_size=None if args.step_size is None else args.step_size / 255.0)
+        data = load_dataset(args.dataset)
+        options = {"width": args.width} if args.arch == "small-cnn" else {}
+        # load every checkpoint first: a bad file fails before any long computation
+        models = [model_from_checkpoint(path, data, arch=args.arch, arch_options=options)[0]
+                  for path in args.checkpoint]
+        out = Path(args.out) if args.out else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    amp_dtype = precision_dtype(args.precision, device)
+    channels_last = use_channels_last(args.memory_format, device)
+    results: list[dict[str, Any]] = []
+    matrices: list[np.ndarray] = []
+    for index, (path, model) in enumerate(zip(args.checkpoint, models, strict=True)):
+        ev = checkpoint_cas(model, data, threat, seed=args.seed, n=args.n, batch_size=args.batch_size, device=device,
+                            amp_dtype=amp_dtype, channels_last=channels_last, progress=not args.quiet,
+                            desc=Path(path).name)
+        model.cpu()
+        matrix = ev.attribution.matrix
+        matrices.append(matrix)
+        results.append({"checkpoint": str(path), "clean_acc": ev.clean_acc, "robust_acc": ev.robust_acc,
+                        "cas": _finite(ev.attribution.cas), "n": ev.n, "norm": args.norm, "eps": eps,
+                        "steps": args.steps})
+        if out is not None:
+            frame = pd.DataFrame(matrix, index=list(data.class_names), columns=list(data.class_names))
+            target = out / f"matrix_{index}_{Path(path).stem}.csv"
+            frame.to_csv(target.with_name(target.name + ".tmp"))
+            os.replace(target.with_name(target.name + ".tmp"), target)
+    table = pd.DataFrame(results)
+    if out is not None:
+        table.to_csv(out / "cas.csv.tmp", index=False)
+        os.replace(out / "cas.csv.tmp", out / "cas.csv")
+        titles = [f"{Path(r['checkpoint']).name}: CAS " + ("nan" if r["cas"] is None else f"{r['cas']:.2f}")
+                  for r in results]
+        plot_heatmaps(matrices, titles, out / "heatmaps.png")
+    if args.json:
+        payload = [{"checkpoint": r["checkpoint"], "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"],
+                    "cas": r["cas"], "matrix": [[_finite(float(v)) for v in row] for row in m]}
+                   for r, m in zip(results, matrices, strict=True)]
+        print(json.dumps(payload))
+    else:
+        print(table[["checkpoint", "clean_acc", "robust_acc", "cas"]].to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

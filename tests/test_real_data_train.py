@@ -1,0 +1,177 @@
+"""real_data.train / cas / saliency end to end on CPU with a tiny CIFAR-10-format folder and a small CNN."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from real_data import cas, saliency
+from real_data import train as train_cli
+from real_data.data import load_dataset, to_float
+from real_data.evaluate import ThreatModel
+from real_data.fixtures import write_cifar10, write_npz
+from real_data.runtime import model_from_checkpoint, read_checkpoint
+from synthmodel.attacks import pgd
+from synthmodel.attribution import attribution
+from synthmodel.sample import derive_seed
+
+# a tiny but real AT run: small CNN, 2-step PGD, constant lr so the epochs are comparable
+FAST = ["--arch", "small-cnn", "--width", "4", "--batch-size", "20", "--steps", "2", "--eval-steps", "2",
+        "--schedule", "constant", "--lr", "0.05", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    return write_cifar10(tmp_path_factory.mktemp("data") / "c10", per_class=4)
+
+
+@pytest.fixture(scope="module")
+def at_run(cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "at"
+    assert train_cli.main(["--dataset", f"cifar10:{cifar}", "--mode", "at", "--epochs", "2", "--save-every", "1",
+                           "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_at_run_end_to_end_loss_falls_and_files(at_run):
+    log = pd.read_csv(at_run / "log.csv")
+    assert log["epoch"].tolist() == [1, 2]
+    # two epochs of AT on separable colour classes lower the training robust loss (seeded, deterministic)
+    assert log["train_loss"].iloc[1] < log["train_loss"].iloc[0]
+    assert {"test_clean_acc", "test_robust_acc", "train_robust_acc"} <= set(log.columns)
+    assert (log["test_robust_acc"] <= log["test_clean_acc"] + 0.25).all()
+    for name in ("best.pt", "last.pt", "epoch_001.pt", "epoch_002.pt", "config.json"):
+        assert (at_run / name).is_file(), name
+    assert json.loads((at_run / "config.json").read_text())["mode"] == "at"
+
+
+def test_checkpoints_reload_to_the_same_function(at_run, cifar):
+    data = load_dataset(f"cifar10:{cifar}")
+    last, blob = model_from_checkpoint(at_run / "last.pt", data)
+    epoch2, _ = model_from_checkpoint(at_run / "epoch_002.pt", data)
+    x = to_float(data.x_test[:8]).contiguous()
+    with torch.no_grad():
+        assert torch.equal(last(x), epoch2(x))
+    best_epoch = int(read_checkpoint(at_run / "best.pt")["epoch"])
+    log = pd.read_csv(at_run / "log.csv")
+    assert best_epoch == int(log["epoch"][log["test_robust_acc"].idxmax()])
+    assert blob["epoch"] == 2 and "optimizer" in blob and set(blob["rng"]) == {"shuffle", "augment", "attack"}
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(cifar, tmp_path, at_run):
+    common = ["--dataset", f"cifar10:{cifar}", "--mode", "at", "--epochs", "2", "--save-every", "1", *FAST]
+    assert train_cli.main([*common, "--out", str(tmp_path), "--stop-after", "1"]) == 0
+    assert len(pd.read_csv(tmp_path / "log.csv")) == 1
+    assert train_cli.main([*common, "--out", str(tmp_path), "--resume"]) == 0
+    resumed, straight = read_checkpoint(tmp_path / "last.pt"), read_checkpoint(at_run / "last.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    for a, b in zip(resumed["optimizer"]["state"].values(), straight["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "log.csv"), pd.read_csv(at_run / "log.csv"))
+
+
+def test_cas_equals_synthmodel_attribution_on_the_same_features(at_run, cifar):
+    data = load_dataset(f"cifar10:{cifar}")
+    model, _ = model_from_checkpoint(at_run / "last.pt", data)
+    threat = ThreatModel(eps=8 / 255, steps=3)
+    ours = cas.checkpoint_cas(model, data, threat, seed=5, batch_size=6)
+    # synthmodel's attribution with the same attack and the same random-start stream, batch by batch
+    gen = torch.Generator().manual_seed(derive_seed(5, "cas"))
+
+    def attack(m, xb, yb):
+        return pgd(m, xb, yb, eps=8 / 255, steps=3, clamp=(0.0, 1.0), generator=gen, mode="eval")
+
+    x = to_float(data.x_test).contiguous()
+    reference = attribution(model, x, data.y_test, attack=attack, batch_size=6)
+    np.testing.assert_allclose(ours.attribution.matrix, reference.matrix, rtol=0, atol=1e-12)  # same float64 sums
+    assert ours.attribution.cas == pytest.approx(reference.cas, abs=1e-10)
+    assert 0 <= ours.robust_acc <= 1 and 0 <= ours.clean_acc <= 1
+
+
+def test_cas_cli_table_json_and_files(at_run, cifar, tmp_path, capsys):
+    args = ["--checkpoint", str(at_run / "best.pt"), str(at_run / "last.pt"), "--dataset", f"cifar10:{cifar}",
+            "--steps", "2", "--quiet"]
+    assert cas.main([*args, "--json", "--out", str(tmp_path)]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [set(r) for r in payload] == [{"checkpoint", "clean_acc", "robust_acc", "cas", "matrix"}] * 2
+    for record in payload:
+        matrix = np.array(record["matrix"])
+        assert matrix.shape == (10, 10) and np.allclose(np.diag(matrix), 1)
+        off = ~np.eye(10, dtype=bool)
+        assert record["cas"] == pytest.approx(np.clip(matrix[off], 0, 1).sum())
+    table = pd.read_csv(tmp_path / "cas.csv")
+    assert table["cas"].tolist() == pytest.approx([r["cas"] for r in payload])
+    assert (tmp_path / "heatmaps.png").stat().st_size > 0
+    assert (tmp_path / "matrix_1_last.csv").is_file()
+
+
+def test_saliency_grid(at_run, cifar, tmp_path):
+    out = tmp_path / "grid.png"
+    assert saliency.main(["--checkpoint", str(at_run / "best.pt"), str(at_run / "last.pt"), "--dataset",
+                          f"cifar10:{cifar}", "--indices", "0", "3", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode, extra", [("trades", []), ("standard", []), ("at", ["--label-smoothing", "0.2"]),
+                                         ("at", ["--norm", "l2", "--attack-bn", "eval"])])
+def test_other_modes_on_an_npz_set(tmp_path, mode, extra):
+    path = write_npz(tmp_path / "set.npz", n_train=24, n_test=8, n_classes=3, shape=(8, 8, 1))
+    assert train_cli.main(["--dataset", f"npz:{path}", "--mode", mode, "--epochs", "1", "--out",
+                           str(tmp_path / "run"), *FAST, *extra]) == 0
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert np.isfinite(log["train_loss"]).all()
+
+
+def test_distillation_from_a_teacher_checkpoint(at_run, cifar, tmp_path):
+    assert train_cli.main(["--dataset", f"cifar10:{cifar}", "--mode", "kd", "--teacher", str(at_run / "last.pt"),
+                           "--epochs", "1", "--out", str(tmp_path), *FAST]) == 0
+    assert train_cli.main(["--dataset", f"cifar10:{cifar}", "--mode", "kd", "--epochs", "1",
+                           "--out", str(tmp_path / "x"), *FAST]) == 2
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_inputs_give_one_line_and_status_2(tmp_path, at_run, cifar, capsys):
+    assert train_cli.main(["--dataset", f"cifar10:{tmp_path / 'missing'}", "--out", str(tmp_path / "o"),
+                           *FAST]) == 2
+    assert "data_batch_1" in _one_error_line(capsys)
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.zeros(4, np.int64),
+             x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.zeros(2, np.int64))
+    assert cas.main(["--checkpoint", str(at_run / "last.pt"), "--dataset", f"npz:{tmp_path / 'bad.npz'}"]) == 2
+    assert "(N, H, W, C)" in _one_error_line(capsys)
+    # a small-CNN checkpoint read as the official PreActResNet-18 (a bare state_dict)
+    torch.save(read_checkpoint(at_run / "last.pt")["model"], tmp_path / "cnn.pth")
+    assert cas.main(["--checkpoint", str(tmp_path / "cnn.pth"), "--dataset", f"cifar10:{cifar}", "--quiet"]) == 2
+    line = _one_error_line(capsys)
+    assert "missing keys" in line and "unexpected keys body.0.weight" in line
+    # an existing run is never overwritten without --resume
+    assert train_cli.main(["--dataset", f"cifar10:{cifar}", "--out", str(at_run), *FAST]) == 2
+    assert "--resume" in _one_error_line(capsys)
+    assert (at_run / "last.pt").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_device_cuda_without_gpu_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "real_data.train", "--dataset", "cifar10:/nonexistent", "--out",
+                           "/tmp/never", "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "no CUDA GPU" in proc.stderr
+
+
+def test_epoch_benchmark_runs_on_cpu_with_a_tiny_size():
+    proc = subprocess.run([sys.executable, "benchmarks/real_data_epoch.py", "--device", "cpu", "--n", "4",
+                           "--batch-size", "4", "--steps", "1", "--baseline-n", "4"], capture_output=True, text=True,
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "1.111 GFLOP/image" in proc.stdout and "speed-up" in proc.stdout  # PreActResNet-18 at 32x32
