@@ -477,9 +477,9 @@ def _curve_derivatives(world: World, form: Formalisation, t: np.ndarray, eps: np
     curve = _curve(form, world.k)[0]
     tt = torch.as_tensor(t, dtype=DTYPE).clone().requires_grad_(True)
     w1, w2 = curve(tt)
-    w1, w2 = torch.as_tensor(w1, dtype=DTYPE) * torch.ones_like(tt), torch.as_tensor(w2, dtype=DTYPE) * torch.ones_like(tt)
-    # keep the side of w2 = 0 that t selects (t = +0 -> w2 = +0)
-    w2 = torch.where(w2 == 0, w2 * 0.0 + 0.0, w2)
+    # t = +0 gives w2 = +0.0, so the l_inf |w2| takes its right derivative there (see _dual)
+    ones = torch.ones_like(tt)
+    w1, w2 = torch.as_tensor(w1, dtype=DTYPE) * ones, torch.as_tensor(w2, dtype=DTYPE) * ones
     loss = _loss_torch(world, form, w1, w2, torch.as_tensor(eps, dtype=DTYPE))
     (d1,) = torch.autograd.grad(loss.sum(), tt, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), tt)
