@@ -428,16 +428,13 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
         hm = hess[idx] * sign[:, None] * sign[None, :]
         uu = u[idx]
         free = ~((uu <= 0) & (g > 0))  # coordinate pinned at the quadrant's edge
-        step = np.zeros_like(uu)
-        for b in range(idx.size):
-            f = free[b]
-            if not f.any():
-                continue
-            hb = hm[b][np.ix_(f, f)]
-            lam = np.linalg.eigvalsh(hb).min()
-            if lam <= 1e-12:
-                hb = hb + (1e-12 - lam + 1e-6 * abs(hb).max()) * np.eye(f.sum())
-            step[b, f] = -np.linalg.solve(hb, g[b, f])
+        # pinned coordinates: zero their row/column (identity there) and their gradient, then one batched solve
+        mask = free[:, :, None] & free[:, None, :]
+        hb = np.where(mask, hm, 0.0) + np.where(~free, 1.0, 0.0)[:, :, None] * np.eye(2)
+        lam = np.linalg.eigvalsh(hb).min(axis=1)
+        shift = np.where(lam <= 1e-12, 1e-12 - lam + 1e-6 * np.abs(hb).max(axis=(1, 2)), 0.0)
+        hb = hb + shift[:, None, None] * np.eye(2)
+        step = -np.linalg.solve(hb, (np.where(free, g, 0.0))[..., None])[..., 0]
         t = np.ones(idx.size)
         new_u = np.maximum(uu + step, 0.0)
         new_loss, new_grad, new_hess = evaluate(new_u, idx)
