@@ -1,0 +1,8 @@
+"""proofs_check: which of the paper's claims about its synthetic model hold, under which formalisation.
+
+Run ``python -m proofs_check --help``. Derivations: proofs_check/README.md.
+"""
+
+from .claims import check_claim2, check_formalisation, formalisations
+
+__all__ = ["check_claim2", "check_formalisation", "formalisations"]

@@ -1,0 +1,103 @@
+"""Verdicts on the paper's three claims, per formalisation, computed from the population engine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from synthmodel.population import ATTACKS, NORMS, WEIGHTS, Formalisation, World, optimal_weights, threshold
+
+from .derivations import claim2_numeric
+
+__all__ = ["formalisations", "check_claim2", "check_formalisation"]
+
+
+def formalisations(weight_decay: float = 0.01, weights: tuple[str, ...] | None = None) -> list[dict]:
+    """Every (attack, norm, weights) combination; joint + l2 is listed as not computable exactly."""
+    out = []
+    for attack in ATTACKS:
+        for norm in NORMS:
+            for w in weights or tuple(WEIGHTS):
+                out.append({"attack": attack, "norm": norm, "weights": w,
+                            "weight_decay": weight_decay if w == "weight-decay" else 0.0})
+    return out
+
+
+def check_claim2(world: World, norm: str, n_eps: int = 6, n_w2: int = 11) -> dict:
+    """Claim 2: for w2 in [0, w1] (scale-free: w1 = 1), dP(robust correct)/dw2 > 0, on a grid of eps in (0, mu/2).
+
+    dP/dw2 comes from the sympy Gaussian-CDF expression (derivations.claim2_probability) integrated
+    numerically; w2 = 0 is approached from the right (w2 = 1e-3).
+    """
+    eps_grid = np.linspace(world.mu / 2 / (n_eps + 1), world.mu / 2 * n_eps / (n_eps + 1), n_eps)
+    w2_grid = np.linspace(1e-3, 1.0, n_w2)
+    slopes = np.array([[claim2_numeric(world.k, norm, 1.0, w2, e, world.mu, world.sigma)[1] for w2 in w2_grid]
+                       for e in eps_grid])
+    ok = slopes > 0
+    if ok.all():
+        verdict = "holds"
+    elif not ok.any():
+        verdict = "fails"
+    else:
+        bad = eps_grid[~ok.all(axis=1)]
+        verdict = f"holds only for part of (0, mu/2): fails at eps in [{bad.min():.4g}, {bad.max():.4g}] on the grid"
+    return {"verdict": verdict, "eps_grid": eps_grid.tolist(), "w2_grid": w2_grid.tolist(),
+            "min_slope": float(slopes.min()), "slopes": slopes.tolist()}
+
+
+def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8) -> dict:
+    """Thresholds, optimal weights on an eps grid and verdicts on claims 1 and 3 for one formalisation."""
+    base = {"attack": spec["attack"], "norm": spec["norm"], "weights": spec["weights"], "loss": "cross-entropy",
+            "alpha": alpha, "weight_decay": spec["weight_decay"]}
+    try:
+        hard = Formalisation(alpha=0.0, **spec)
+        smooth = Formalisation(alpha=alpha, **spec)
+    except ValueError as exc:
+        return {**base, "claims": {"1": "not computed", "2": "not computed", "3": "not computed"},
+                "eps0": None, "eps1": None, "note": str(exc)}
+    th0, th1 = threshold(world, hard), threshold(world, smooth)
+    half = world.mu / 2
+    grid = np.linspace(half / (n_eps + 1), half * n_eps / (n_eps + 1), n_eps)
+    opt0, opt1 = optimal_weights(world, hard, grid), optimal_weights(world, smooth, grid)
+    tol = 1e-6  # Newton stops at |step| < 1e-11; a weight below 1e-6 is zero at that precision
+    w1_pos = bool(np.all(opt0["w1"] > tol))
+    if th0.eps is None:
+        claim1 = ("fails: no threshold in (0, mu/2) (dL/dw2 at w2=0 has one sign on the grid, "
+                  f"from {th0.derivative[0]:.3g} to {th0.derivative[-1]:.3g})")
+    else:
+        after = grid > th0.eps
+        zero_after = bool(np.all(np.abs(opt0["w2"][after]) <= tol))
+        pos_before = bool(np.all(opt0["w2"][~after] > tol))
+        if zero_after and pos_before and w1_pos:
+            claim1 = "holds"
+        else:
+            claim1 = (f"fails: threshold {th0.eps:.6g} found but optimum has w2=0 after it: {zero_after}, "
+                      f"w2>0 before it: {pos_before}, w1>0 throughout: {w1_pos}")
+    # claim 3: eps1 > eps0 and w2_LS > w2 on (0, eps1)
+    upto = th1.eps if th1.eps is not None else half
+    inside = grid < upto
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio0 = np.where(opt0["w1"] != 0, opt0["w2"] / opt0["w1"], np.nan)
+        ratio1 = np.where(opt1["w1"] != 0, opt1["w2"] / opt1["w1"], np.nan)
+    absolute = bool(np.all(opt1["w2"][inside] > opt0["w2"][inside]))
+    ratio = bool(np.all(ratio1[inside] > ratio0[inside]))
+    if th0.eps is None or th1.eps is None:
+        order = "no threshold" + (" with label smoothing" if th1.eps is None else " without label smoothing")
+        thresholds_ok = False
+    else:
+        thresholds_ok = th1.eps > th0.eps
+        order = f"eps1 {'>' if thresholds_ok else '<='} eps0"
+    if thresholds_ok and absolute and ratio:
+        claim3 = "holds"
+    elif thresholds_ok and ratio:
+        claim3 = "holds only as a ratio w2/w1"
+    elif thresholds_ok and absolute:
+        claim3 = "holds only in absolute w2"
+    else:
+        parts = [order, f"w2_LS > w2 on the grid: {absolute}", f"ratio_LS > ratio: {ratio}"]
+        claim3 = "fails: " + "; ".join(parts)
+    return {**base, "claims": {"1": claim1, "3": claim3}, "eps0": th0.eps, "eps1": th1.eps,
+            "method": opt0["method"], "convex": {"hard": hard.convex, "smoothed": smooth.convex},
+            "evidence": {"eps_grid": grid.tolist(), "w1": opt0["w1"].tolist(), "w2": opt0["w2"].tolist(),
+                         "w1_ls": opt1["w1"].tolist(), "w2_ls": opt1["w2"].tolist(),
+                         "dL_dw2_at_0": {"eps": th0.grid.tolist(), "value": th0.derivative.tolist()},
+                         "dL_dw2_at_0_ls": {"eps": th1.grid.tolist(), "value": th1.derivative.tolist()}}}
