@@ -6,7 +6,7 @@ A grid is a dict of the shape a TOML grid file parses to (docs/SWEEP.md has the 
     kind = "train"            # point kind (synthmodel.sweep.kinds)
     [fixed]                   # values shared by every point
     model = "tied"
-    [grid]                    # Cartesian product of these axes
+    [grid]                    # Cartesian product of these axes (an axis overrides a fixed value)
     eps = [0.1, 0.2]                              # explicit list
     seed = { range = [0, 3] }                     # integers 0, 1, 2 (stop excluded, optional step)
     label_smoothing = { linspace = [0, 0.2, 3] }  # 0.0, 0.1, 0.2 (both ends included)
@@ -111,9 +111,6 @@ def _block_points(kind_name: str, fixed: Mapping, grid: Mapping, points: list, w
         raise GridError(f"{where}: 'fixed' and 'grid' must be tables")
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise GridError(f"{where}: 'points' must be an array of tables ([[points]])")
-    both = sorted(set(fixed) & set(grid))
-    if both:
-        raise GridError(f"{where}: key {both[0]!r} is both fixed and a grid axis")
     out: list[tuple[str, dict]] = []
     if grid or not points:
         axes = [(key, _axis(key, spec, where)) for key, spec in grid.items()]

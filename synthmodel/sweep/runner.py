@@ -130,7 +130,7 @@ def _encode(results: Any) -> tuple[str, list[str]]:
 def _failure(hash_: str, exc: BaseException, seconds: float, batch_size: int) -> dict[str, Any]:
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     return dict(hash=hash_, status="failed", results=None, history=[], error=last, seconds=seconds,
-                batch_size=batch_size)
+                group_size=batch_size)
 
 
 def _outcome(hash_: str, results: Any, seconds: float, batch_size: int) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def _outcome(hash_: str, results: Any, seconds: float, batch_size: int) -> dict[
     except ValueError as exc:
         return _failure(hash_, exc, seconds, batch_size)
     return dict(hash=hash_, status="done", results=text, history=history, error=None, seconds=seconds,
-                batch_size=batch_size)
+                group_size=batch_size)
 
 
 def run_task(task: Task) -> list[dict[str, Any]]:

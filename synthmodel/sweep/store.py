@@ -6,7 +6,7 @@ Tables (docs/SWEEP.md):
 * ``points``: one row per point, keyed by ``hash`` (sha256 of kind, complete params, code version and
   schema version): ``kind``, ``params`` (JSON), ``status`` ('pending' | 'done' | 'failed'),
   ``results`` (JSON object of scalars), ``error``, ``seconds`` (compute time of the point; a batched
-  group's time divided by its size), ``batch_size`` (points in the computation it ran in),
+  group's time divided by its size), ``group_size`` (points in the batched computation it ran in; 1 = alone),
   ``attempts``, ``finished_at`` (UTC ISO time);
 * ``history``: ``(hash, step, record)``: per-step records (JSON) of points that have them
   (training: one per epoch).
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS points (
     results TEXT,
     error TEXT,
     seconds REAL,
-    batch_size INTEGER,
+    group_size INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     finished_at TEXT
 );
@@ -133,15 +133,15 @@ class Store:
 
     def record(self, outcomes: Sequence[dict[str, Any]]) -> None:
         """Write finished points in one transaction. Each outcome: hash, status ('done'|'failed'), results
-        (JSON text or None), history (list of JSON texts), error, seconds, batch_size."""
+        (JSON text or None), history (list of JSON texts), error, seconds, group_size."""
         now = _now()
         with self.con:
             self.con.execute("BEGIN")
             for out in outcomes:
                 self.con.execute(
-                    "UPDATE points SET status = ?, results = ?, error = ?, seconds = ?, batch_size = ?, "
+                    "UPDATE points SET status = ?, results = ?, error = ?, seconds = ?, group_size = ?, "
                     "attempts = attempts + 1, finished_at = ? WHERE hash = ?",
-                    (out["status"], out["results"], out["error"], out["seconds"], out["batch_size"], now, out["hash"]))
+                    (out["status"], out["results"], out["error"], out["seconds"], out["group_size"], now, out["hash"]))
                 self.con.execute("DELETE FROM history WHERE hash = ?", (out["hash"],))
                 self.con.executemany("INSERT INTO history (hash, step, record) VALUES (?, ?, ?)",
                                      [(out["hash"], step, rec) for step, rec in enumerate(out["history"], start=1)])
@@ -178,9 +178,9 @@ def _connect_ro(store: str | Path) -> sqlite3.Connection:
 def read_points(store: str | Path, *, status: str | None = None) -> Any:
     """The points of a store as a pandas DataFrame, one row per point.
 
-    Columns: hash, kind, status, seconds, batch_size, attempts, finished_at, error, then every params key,
-    then every results key (a results key equal to a params key becomes ``result_<key>``). List-valued
-    params (e.g. ``hidden``) are JSON text.
+    Columns: hash, kind, status, seconds, group_size, attempts, finished_at, error, then every params key
+    (a params key equal to one of those becomes ``param_<key>``), then every results key (a results key
+    equal to an earlier column becomes ``result_<key>``). List-valued params (e.g. ``hidden``) are JSON text.
 
     Args:
         store: the output folder or the ``sweep.sqlite`` file.
@@ -190,7 +190,7 @@ def read_points(store: str | Path, *, status: str | None = None) -> Any:
 
     con = _connect_ro(store)
     try:
-        rows = con.execute("SELECT hash, kind, status, seconds, batch_size, attempts, finished_at, error, params, "
+        rows = con.execute("SELECT hash, kind, status, seconds, group_size, attempts, finished_at, error, params, "
                            "results FROM points ORDER BY rowid").fetchall()
     finally:
         con.close()
@@ -198,10 +198,12 @@ def read_points(store: str | Path, *, status: str | None = None) -> Any:
     for h, kind, st, seconds, batch, attempts, finished, error, params, results in rows:
         if status is not None and st != status:
             continue
-        rec: dict[str, Any] = dict(hash=h, kind=kind, status=st, seconds=seconds, batch_size=batch,
+        rec: dict[str, Any] = dict(hash=h, kind=kind, status=st, seconds=seconds, group_size=batch,
                                    attempts=attempts, finished_at=finished, error=error)
         p = json.loads(params)
-        rec.update({k: json.dumps(v) if isinstance(v, list) else v for k, v in p.items()})
+        meta = set(rec)
+        rec.update({f"param_{k}" if k in meta else k: json.dumps(v) if isinstance(v, list) else v
+                    for k, v in p.items()})
         taken = set(rec)
         for key, value in (json.loads(results) if results else {}).items():
             rec[f"result_{key}" if key in taken else key] = value
