@@ -1,0 +1,314 @@
+"""Many linear-model training runs as one batched tensor computation (an ensemble dimension E).
+
+:func:`train_batched` runs the algorithm of :func:`synthmodel.train.train` for E configurations that
+share every shape and every discrete setting (:func:`batch_key`), differing only in continuous ones
+(eps, seed, label smoothing, step size, learning rate, momentum, weight decay, mu, sigma). Per member
+it uses the same data (:func:`synthmodel.sample.sample` with the same derived seeds), the same
+initialisation (:func:`synthmodel.models.build_model`), the same shuffling, PGD random starts and
+evaluation generators, the same PGD steps and projections, the same SGD update (written with
+``addcmul`` so that the fused multiply-add of ``torch.optim.SGD`` is reproduced) and the same step
+schedule. Evaluation calls the foundation's exact robust accuracy and CAS on each member's model.
+
+Not bit-identical to the one-at-a-time loop: batched matrix products (``bmm``) and per-member
+reductions may sum in a different order than their unbatched counterparts, so results agree to
+floating rounding (tests: float64 histories agree to ~1e-9), not bit for bit. A member's result can
+also differ in the last bits between batch compositions. Results are bit-reproducible for a fixed
+batch composition (the sweep fixes composition from the grid, not from scheduling).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import attacks as atk
+from .attribution import attribution
+from .models import TiedLinear, build_model
+from .sample import derive_seed, sample
+from .train import DTYPES, Mode, TrainConfig, TrainResult, _copy_state, build_world
+
+__all__ = ["BATCH_VARYING", "batch_key", "train_batched"]
+
+# settings members of one batch may differ in; everything else must be equal
+BATCH_VARYING = ("eps", "seed", "label_smoothing", "attack_step_size", "lr", "momentum", "weight_decay", "mu",
+                 "sigma")
+
+
+def batch_key(config: TrainConfig) -> tuple | None:
+    """Hashable key: configs with equal keys can train together; None if this config cannot be batched.
+
+    Batchable: models 'tied' and 'linear', modes 'standard' and 'at' (attacks pgd, fgsm, logitwise),
+    optimizer 'sgd', schedules 'constant' and 'step', no teacher.
+    """
+    if (config.model not in ("tied", "linear") or config.mode not in (Mode.STANDARD.value, Mode.AT.value)
+            or config.optimizer != "sgd" or config.schedule not in ("constant", "step") or config.teacher):
+        return None
+    data = config.to_dict()
+    return tuple((k, json.dumps(data[k])) for k in sorted(data) if k not in BATCH_VARYING)
+
+
+class _Ensemble:
+    """E linear models as stacked parameters; member modules mirror them for evaluation."""
+
+    def __init__(self, configs: Sequence[TrainConfig], worlds: list, dtype: torch.dtype):
+        self.members = [build_model(c.model, w, seed=c.seed, dtype=dtype, hidden=c.hidden, bias=c.bias)
+                        for c, w in zip(configs, worlds, strict=True)]
+        first = self.members[0]
+        self.tied = isinstance(first, TiedLinear)
+        if self.tied:
+            self.exclusive = first.head.exclusive_mask
+            self.shared = first.head.shared_mask
+            self.w1 = torch.stack([m.head.w1.detach() for m in self.members]).requires_grad_(True)  # (E,)
+            self.w2 = torch.stack([m.head.w2.detach() for m in self.members]).requires_grad_(True)  # (E,)
+            self.params = [self.w1, self.w2]
+        else:
+            self.weight = torch.stack([m.head.weight.detach() for m in self.members]).requires_grad_(True)  # (E,K,d)
+            self.bias = (torch.stack([m.head.bias.detach() for m in self.members]).requires_grad_(True)
+                         if first.head.bias is not None else None)                                      # (E,K)
+            self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
+
+    def head_weight(self) -> torch.Tensor:
+        """(E, K, d), as TiedHead.weight / nn.Linear.weight per member."""
+        if self.tied:
+            return self.w1[:, None, None] * self.exclusive + self.w2[:, None, None] * self.shared
+        return self.weight
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (E, N, d) -> logits (E, N, K)."""
+        z = torch.bmm(x, self.head_weight().transpose(1, 2))
+        if not self.tied and self.bias is not None:
+            z = z + self.bias[:, None, :]
+        return z
+
+    def sync(self) -> None:
+        """Copy the stacked parameters into the member modules."""
+        with torch.no_grad():
+            for e, member in enumerate(self.members):
+                if self.tied:
+                    member.head.w1.copy_(self.w1[e])
+                    member.head.w2.copy_(self.w2[e])
+                else:
+                    member.head.weight.copy_(self.weight[e])
+                    if self.bias is not None:
+                        member.head.bias.copy_(self.bias[e])
+
+
+def _col(values: Sequence[float], dtype: torch.dtype, ndim: int) -> torch.Tensor:
+    """Per-member scalars shaped (E, 1, ..., 1) with ``ndim`` dims in all."""
+    return torch.tensor(list(values), dtype=dtype).view(-1, *([1] * (ndim - 1)))
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """Per-member mean cross-entropy: logits (E, N, K), y (E, N), targets (E, N, K) or None -> (E,)."""
+    e, n, k = logits.shape
+    flat = logits.reshape(e * n, k)
+    per_sample = F.cross_entropy(flat, y.reshape(-1) if targets is None else targets.reshape(e * n, k),
+                                 reduction="none")
+    return per_sample.view(e, n).mean(1)
+
+
+def _pgd(ens: _Ensemble, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], norm: atk.Norm, steps: int,
+         step_sizes: Sequence[float], random_start: bool, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """:func:`synthmodel.attacks.pgd` (summed cross-entropy, no box) for every member at once: x (E, N, d)."""
+    x = x.detach()
+    active = [e > 0 for e in eps]
+    if not any(active):
+        return x.clone()
+    delta = torch.zeros_like(x)
+    if random_start:
+        for m, gen in enumerate(generators):
+            if active[m]:  # eps = 0 members draw nothing, as pgd returns at once
+                delta[m] = atk._random_start(x[m], eps[m], norm, gen)
+    eps_t, step_t = _col(eps, x.dtype, 3), _col(step_sizes, x.dtype, 3)
+    weight = ens.head_weight().detach()                      # (E, K, d)
+    onehot = F.one_hot(y, weight.shape[1]).to(x.dtype)       # (E, N, K)
+    for _ in range(steps):
+        # gradient of the summed cross-entropy of a linear model: (softmax(z) - onehot(y)) W, one bmm
+        # (softmax written out: torch.softmax is slow along a last dimension of size K = 3)
+        z = ens.logits(x + delta).detach()
+        p = (z - z.amax(dim=2, keepdim=True)).exp_()
+        grad = torch.bmm(p.div_(p.sum(dim=2, keepdim=True)).sub_(onehot), weight)
+        if norm is atk.Norm.LINF:
+            delta = torch.clamp(delta + step_t * grad.sign(), -eps_t, eps_t)
+        else:
+            delta = delta + step_t * grad / grad.norm(p=2, dim=2, keepdim=True).clamp_min(1e-30)
+            delta = delta * (eps_t / delta.norm(p=2, dim=2, keepdim=True).clamp_min(1e-30)).clamp(max=1.0)
+    return (x + delta).detach()
+
+
+class _BatchedTrainer:
+    def __init__(self, configs: Sequence[TrainConfig]):
+        if not configs:
+            raise ValueError("train_batched needs at least one configuration")
+        for c in configs:
+            c.validate()
+        keys = {batch_key(c) for c in configs}
+        if None in keys:
+            raise ValueError("a configuration cannot be batched (see synthmodel.batched.batch_key)")
+        if len(keys) != 1:
+            raise ValueError(f"configurations differ in more than {', '.join(BATCH_VARYING)}: cannot batch them")
+        self.configs = list(configs)
+        c = self.c = configs[0]
+        self.dtype = DTYPES[c.dtype]
+        self.norm = atk.Norm(c.norm)
+        worlds = [build_world(cfg) for cfg in configs]
+        train = [sample(w, cfg.n_train, derive_seed(cfg.seed, "train"), dtype=self.dtype)
+                 for w, cfg in zip(worlds, configs, strict=True)]
+        test = [sample(w, cfg.n_test, derive_seed(cfg.seed, "test"), dtype=self.dtype)
+                for w, cfg in zip(worlds, configs, strict=True)]
+        self.x_train, self.y_train = torch.stack([t[0] for t in train]), torch.stack([t[1] for t in train])
+        self.x_test, self.y_test = torch.stack([t[0] for t in test]), torch.stack([t[1] for t in test])
+        self.ens = _Ensemble(configs, worlds, self.dtype)
+        self.eps = [cfg.eps for cfg in configs]
+        self.alpha = [cfg.label_smoothing for cfg in configs]
+        self.attack_gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "attack")) for cfg in configs]
+        self.shuffle_gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "shuffle")) for cfg in configs]
+
+    def _targets(self, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
+        """Label-smoothed targets (E, N, K) as losses.label_smoothing_targets, or None when all alpha = 0."""
+        if not any(self.alpha):
+            return None
+        alpha = _col(self.alpha, self.dtype, 3)
+        return F.one_hot(y, n_classes).to(self.dtype) * (1.0 - alpha) + alpha / n_classes
+
+    def _logitwise_logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:func:`synthmodel.attacks.linear_logitwise_logits` per member: x (E, N, d), y (E, N) -> (E, N, K)."""
+        weight = self.ens.head_weight()
+        rows = torch.arange(weight.shape[0])[:, None]
+        diffs = weight[rows, y][:, :, None, :] - weight[:, None, :, :]           # (E, N, K, d)
+        return self.ens.logits(x) + _col(self.eps, self.dtype, 3) * atk.dual_norm(diffs, self.norm)
+
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member training objective (E,), as _Trainer._batch_loss."""
+        c = self.c
+        k = self.ens.exclusive.shape[0] if self.ens.tied else self.ens.weight.shape[1]
+        targets = self._targets(y, k)
+        if c.mode == Mode.STANDARD.value:
+            return _cross_entropy(self.ens.logits(x), y, targets)
+        if c.attack == "logitwise":
+            if targets is None:
+                return _cross_entropy(self._logitwise_logits(x, y), y, None)
+            total = x.new_zeros(x.shape[0])
+            for cls in range(k):
+                yc = torch.full_like(y, cls)
+                per_sample = F.cross_entropy(self._logitwise_logits(x, yc).reshape(-1, k), yc.reshape(-1),
+                                             reduction="none").view(y.shape)
+                total = total + (targets[:, :, cls] * per_sample).mean(1)
+            # eps = 0 members train on the clean objective, as the reference loop does
+            clean = _cross_entropy(self.ens.logits(x), y, targets)
+            return torch.where(torch.tensor([e == 0 for e in self.eps]), clean, total)
+        if c.attack == "fgsm":
+            x_adv = _pgd(self.ens, x, y, self.eps, self.norm, 1, self.eps, False, self.attack_gens)
+        else:
+            steps = [cfg.attack_step_size if cfg.attack_step_size is not None else cfg.eps / 4 for cfg in self.configs]
+            x_adv = _pgd(self.ens, x, y, self.eps, self.norm, c.attack_steps, steps, True, self.attack_gens)
+        return _cross_entropy(self.ens.logits(x_adv), y, targets)
+
+    def _sgd_step(self, grads: Sequence[torch.Tensor], bufs: list, lrs: Sequence[float]) -> None:
+        """torch.optim.SGD (momentum, weight decay, no dampening / nesterov) per member; addcmul reproduces the
+        fused ``add(.., alpha=..)`` of the reference update."""
+        with torch.no_grad():
+            for i, (param, grad) in enumerate(zip(self.ens.params, grads, strict=True)):
+                nd = param.dim()
+                d_p = torch.addcmul(grad, param, _col([cfg.weight_decay for cfg in self.configs], self.dtype, nd))
+                momentum = _col([cfg.momentum for cfg in self.configs], self.dtype, nd)
+                bufs[i] = d_p.clone() if bufs[i] is None else bufs[i].mul_(momentum).add_(d_p)
+                # members with momentum 0 step along d_p itself (torch keeps no buffer for them)
+                step = torch.where(momentum != 0, bufs[i], d_p)
+                param.addcmul_(step, _col([-lr for lr in lrs], self.dtype, nd))
+
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, epoch: int, with_cas: bool) -> list[dict[str, float]]:
+        """Per member, as _Trainer._evaluate: PGD batched, exact robust accuracy and CAS on each member model."""
+        c = self.c
+        gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "eval", epoch, x.shape[1])) for cfg in self.configs]
+        x_adv = _pgd(self.ens, x, y, self.eps, self.norm, c.eval_steps, [e / 4 for e in self.eps], True, gens)
+        with torch.no_grad():
+            logits = self.ens.logits(x)
+            clean = (logits.argmax(2) == y).double().mean(1).tolist()
+            robust_loss = _cross_entropy(self.ens.logits(x_adv), y, None).tolist()
+            # exact worst margins as attacks.linear_worst_margins: z_y - z_k - eps ||W_y - W_k||_*, k != y
+            weight = self.ens.head_weight()
+            pair_norms = atk.dual_norm(weight[:, :, None, :] - weight[:, None, :, :], self.norm)   # (E, K, K)
+            rows = torch.arange(weight.shape[0])[:, None]
+            worst = (logits.gather(2, y[..., None]) - logits
+                     - _col(self.eps, self.dtype, 3) * pair_norms[rows, y]).scatter(2, y[..., None], math.inf)
+            robust = (worst.min(dim=2).values > 0).double().mean(1).tolist()
+        out = []
+        for m, model in enumerate(self.ens.members):
+            record = {"clean_acc": clean[m], "robust_acc": robust[m], "robust_loss": robust_loss[m]}
+            if with_cas:
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # NaN CAS at a zero model is recorded as NaN
+                    record["cas"] = attribution(model, x_adv[m], y[m], mode=None).cas
+            out.append(record)
+        return out
+
+    def run(self) -> list[TrainResult]:
+        c, n_members = self.c, len(self.configs)
+        n = self.x_train.shape[1]
+        lrs = [cfg.lr for cfg in self.configs]
+        milestones = sorted({max(1, c.epochs // 2), max(1, (3 * c.epochs) // 4)}) if c.schedule == "step" else []
+        bufs: list[Any] = [None] * len(self.ens.params)
+        histories: list[list[dict[str, Any]]] = [[] for _ in range(n_members)]
+        best = [(0, -1.0, {}) for _ in range(n_members)]
+        rows = torch.arange(n_members)[:, None]
+        for epoch in range(1, c.epochs + 1):
+            order = torch.stack([torch.randperm(n, generator=g) for g in self.shuffle_gens])  # (E, n)
+            totals, seen = [0.0] * n_members, 0
+            for start in range(0, n, c.batch_size):
+                idx = order[:, start:start + c.batch_size]
+                loss = self._batch_loss(self.x_train[rows, idx], self.y_train[rows, idx])   # (E,)
+                grads = torch.autograd.grad(loss.sum(), self.ens.params)
+                self._sgd_step(grads, bufs, lrs)
+                for m, value in enumerate(loss.tolist()):
+                    totals[m] += value * idx.shape[1]
+                seen += idx.shape[1]
+            epoch_lrs = lrs
+            if epoch in milestones:
+                lrs = [lr * 0.1 for lr in lrs]  # MultiStepLR, gamma 0.1
+            self.ens.sync()
+            train_eval = self._evaluate(self.x_train, self.y_train, epoch, with_cas=False)
+            test_eval = self._evaluate(self.x_test, self.y_test, epoch, with_cas=True)
+            for m, model in enumerate(self.ens.members):
+                record: dict[str, Any] = {
+                    "epoch": epoch, "lr": epoch_lrs[m], "train_loss": totals[m] / seen,
+                    "train_clean_acc": train_eval[m]["clean_acc"], "train_robust_acc": train_eval[m]["robust_acc"],
+                    "train_robust_loss": train_eval[m]["robust_loss"],
+                    "test_clean_acc": test_eval[m]["clean_acc"], "test_robust_acc": test_eval[m]["robust_acc"],
+                    "test_robust_loss": test_eval[m]["robust_loss"], "cas": test_eval[m]["cas"],
+                }
+                if self.ens.tied:
+                    record["w1"], record["w2"] = model.w1, model.w2
+                histories[m].append(record)
+                if record["test_robust_acc"] > best[m][1]:
+                    best[m] = (epoch, record["test_robust_acc"], _copy_state(model))
+        results = []
+        for m, model in enumerate(self.ens.members):
+            model.eval()
+            results.append(TrainResult(config=self.configs[m], history=histories[m], model=model,
+                                       best_epoch=best[m][0], best_state=best[m][2], last_state=_copy_state(model)))
+        return results
+
+
+def train_batched(configs: Sequence[TrainConfig]) -> list[TrainResult]:
+    """Train E linear models together; result m is what ``train(configs[m])`` computes, up to float rounding.
+
+    Args:
+        configs: E configurations with one :func:`batch_key` (same shapes and discrete settings).
+
+    Returns:
+        one :class:`synthmodel.train.TrainResult` per config, in order (model = that member's module).
+
+    Raises:
+        ValueError: a config is invalid, not batchable, or the configs do not share a batch key.
+    """
+    return _BatchedTrainer(configs).run()
+
+

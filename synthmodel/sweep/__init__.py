@@ -1,0 +1,37 @@
+"""Resumable parameter sweeps: ``python -m synthmodel.sweep --preset paper-theory``.
+
+A *grid* (a preset or a TOML file) names points; each point is one call of a *point kind*
+(``train``: a finite-sample training run; ``theory``: the exact population engine; or any kind
+registered with :func:`register_kind`). Results go to one SQLite store per output folder, keyed by a
+hash of each point's full configuration and the code version, so a rerun computes only what is missing.
+Executors: a local process pool (default) or Dask (a LocalCluster, or an existing cluster via
+``--scheduler``). Linear-model training points are batched into one tensor computation.
+
+Public API::
+
+    from synthmodel.sweep import preset_grid, load_grid, expand_grid, run_sweep, read_points, read_history
+    summary = run_sweep(preset_grid("paper-dynamics"), "results/paper-dynamics", workers=2)
+    table = read_points("results/paper-dynamics")          # pandas, one row per point
+    epochs = read_history("results/paper-dynamics")        # pandas, one row per (point, epoch)
+
+Format of grid files and of the store: docs/SWEEP.md.
+"""
+
+from .grid import PRESETS, Grid, GridError, Point, Preset, expand_grid, load_grid, preset_grid, register_preset
+from .kinds import HISTORY_KEY, KINDS, STORE_SCHEMA, Param, PointKind, get_kind, point_hash, register_kind
+from .runner import EXECUTORS, SweepSummary, plan_tasks, run_sweep, run_task
+from .store import STORE_FILE, Store, StoreError, export, read_history, read_points
+
+__all__ = [
+    "PRESETS", "Grid", "GridError", "Point", "Preset", "expand_grid", "load_grid", "preset_grid", "register_preset",
+    "HISTORY_KEY", "KINDS", "STORE_SCHEMA", "Param", "PointKind", "get_kind", "point_hash", "register_kind",
+    "EXECUTORS", "SweepSummary", "plan_tasks", "run_sweep", "run_task",
+    "STORE_FILE", "Store", "StoreError", "export", "read_history", "read_points", "main",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI (see ``python -m synthmodel.sweep --help``)."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)

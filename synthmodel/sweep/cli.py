@@ -1,0 +1,155 @@
+"""``python -m synthmodel.sweep``: run a preset or a grid file into a resumable store."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from .grid import PRESETS, Grid, load_grid, preset_grid
+from .kinds import KINDS
+from .runner import EXECUTORS, run_sweep
+from .store import STORE_FILE, StoreError, export
+
+__all__ = ["build_parser", "main", "load_plugins", "render_figures", "DEFAULT_PLUGINS"]
+
+# modules that register presets or kinds when present (the integrator adds to this list)
+DEFAULT_PLUGINS = ("synthmodel.dynamics",)
+
+
+def load_plugins(names) -> None:
+    """Import modules that register point kinds / presets. A default plugin that is absent is skipped."""
+    for name in DEFAULT_PLUGINS:
+        try:
+            present = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            present = False
+        if present:
+            importlib.import_module(name)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"--plugin {name}: module not found ({exc.name})") from None
+
+
+def render_figures(out_dir: Path) -> str | None:
+    """Regenerate the figures of a store via ``figures.render_store(out_dir)`` when that package exists.
+
+    Returns a line for the summary, or None when there is no figures package (skipped silently).
+    """
+    try:
+        present = importlib.util.find_spec("figures") is not None
+    except (ModuleNotFoundError, ValueError):
+        present = False
+    if not present:
+        return None
+    figures = importlib.import_module("figures")
+    render = getattr(figures, "render_store", None)
+    if render is None:
+        return None
+    try:
+        where = render(out_dir)
+    except Exception as exc:  # the sweep's results are safe; a figure problem must not hide them
+        return f"not regenerated ({type(exc).__name__}: {exc})"
+    return str(where) if where is not None else "regenerated"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m synthmodel.sweep",
+        description="Run a parameter sweep (a preset or a TOML grid) into a resumable SQLite store: finished "
+                    "points are never recomputed, a killed sweep resumes where it stopped. Grid format and store "
+                    "schema: docs/SWEEP.md.")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--preset", metavar="NAME", help="a registered grid (see --list)")
+    what.add_argument("--grid", metavar="FILE", help="a TOML grid file")
+    what.add_argument("--list", action="store_true", help="list presets and point kinds, then exit")
+    p.add_argument("--out", metavar="DIR", help="output folder (default results/<grid name>/)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: process pool (inline with --workers 1); dask: a LocalCluster or --scheduler")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument("--scheduler", metavar="ADDR", help="join an existing dask cluster, e.g. tcp://10.0.0.5:8786 "
+                                                       "(implies --executor dask)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per task (default 1)")
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="largest batched group of linear training runs (keep it fixed for one sweep)")
+    p.add_argument("--retry-failed", action="store_true", help="recompute points recorded as failed")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their status; compute nothing")
+    p.add_argument("--export", choices=("csv", "parquet", "none"), default="csv",
+                   help="table written next to the store at the end (default csv); with neither --preset nor "
+                        "--grid, only export the store in --out")
+    p.add_argument("--no-figures", action="store_true", help="do not regenerate figures at the end")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register point kinds and presets); repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _listing() -> str:
+    lines = ["presets:"]
+    lines += [f"  {name:<20} {PRESETS[name].description}" for name in sorted(PRESETS)]
+    lines.append("point kinds:")
+    lines += [f"  {name:<20} {KINDS[name].description}" for name in sorted(KINDS)]
+    return "\n".join(lines)
+
+
+def _dry_run(grid: Grid, out_dir: Path) -> str:
+    import pandas as pd
+
+    status: dict[str, str] = {}
+    store = out_dir / STORE_FILE
+    if store.is_file():
+        from .store import read_points
+
+        frame = read_points(out_dir)
+        status = dict(zip(frame["hash"], frame["status"], strict=True)) if not frame.empty else {}
+    rows = [{"hash": p.hash[:12], "kind": p.kind, "status": status.get(p.hash, "new"),
+             **{k: json.dumps(v) if isinstance(v, list) else v for k, v in p.params.items()}} for p in grid.points]
+    frame = pd.DataFrame(rows)
+    varying = [c for c in frame.columns if c in ("hash", "kind", "status") or frame[c].astype(str).nunique() > 1]
+    counts = frame["status"].value_counts().to_dict()
+    head = (f"{grid.name}: {len(grid.points)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+            f"store {store}")
+    first = grid.points[0].params
+    fixed = ", ".join(f"{c}={json.dumps(first[c])}" for c in frame.columns if c not in varying and c in first)
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        return "\n".join([head, f"fixed: {fixed}", frame[varying].to_string(index=False)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        load_plugins(args.plugin)
+        if args.list:
+            print(_listing())
+            return 0
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.preset is None and args.grid is None:
+            if args.out and args.export != "none":
+                for path in export(Path(args.out), args.export):
+                    print(path)
+                return 0
+            raise ValueError("name a grid: --preset NAME or --grid FILE (see --list)")
+        grid = preset_grid(args.preset) if args.preset else load_grid(args.grid)
+        out_dir = Path(args.out) if args.out else Path("results") / grid.name
+        if args.dry_run:
+            print(_dry_run(grid, out_dir))
+            return 0
+        summary = run_sweep(grid, out_dir, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
+                            retry_failed=args.retry_failed, max_batch=args.max_batch, threads=args.threads,
+                            progress=not args.quiet, export_format=None if args.export == "none" else args.export)
+    except (ValueError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished points are in the store; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if not args.no_figures:
+        summary.figures = render_figures(out_dir)
+    print("\n".join(summary.lines()))
+    return 0

@@ -1,0 +1,340 @@
+"""Running a grid: planning tasks, executors (inline, local process pool, Dask) and the resumable loop.
+
+Determinism: a point's result depends only on its params (seeds derive from them), never on order,
+worker count or executor:
+
+* batch groups are formed from the *whole grid* in grid order (points with equal ``batch_key``, split
+  into near-equal consecutive chunks of at most ``max_batch``), not from what is pending or which
+  worker is free; a group with any pending member is recomputed whole and written in one transaction;
+* every task runs with the same number of torch threads (default 1) in whichever process runs it,
+  since a different thread count may change float summation order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .grid import Grid, Point
+from .kinds import HISTORY_KEY, get_kind
+from .store import Store
+
+__all__ = ["Task", "plan_tasks", "run_task", "run_sweep", "SweepSummary", "EXECUTORS"]
+
+EXECUTORS = ("local", "dask")
+MAX_CHUNK = 64  # unbatched points per dispatched task, at most
+
+
+@dataclass(frozen=True)
+class Task:
+    """A unit of work sent to a worker: points of one kind, run one by one or as one batch."""
+
+    kind: str
+    func: Callable[..., Any]                   # kind.run, or kind.run_batch when batched
+    batched: bool
+    items: tuple[tuple[str, dict], ...]        # (hash, params)
+    threads: int = 1
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """Split into ceil(n / size) consecutive chunks of near-equal length (deterministic in n and size)."""
+    if not items:
+        return []
+    n_chunks = math.ceil(len(items) / size)
+    bounds = [round(i * len(items) / n_chunks) for i in range(n_chunks + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def plan_tasks(points: Sequence[Point], todo: set[str], *, max_batch: int = 64, workers: int = 1,
+               threads: int = 1) -> list[Task]:
+    """Tasks computing every point whose hash is in ``todo``.
+
+    Batch groups come from the whole ``points`` list (see module docstring); unbatched points are sent in
+    chunks sized for load balance (chunking does not affect their results).
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    groups: dict[tuple[str, Any], list[Point]] = {}
+    singles: list[Point] = []
+    for point in points:
+        kind = get_kind(point.kind)
+        key = kind.batch_key(point.params) if kind.batch_key is not None and kind.run_batch is not None else None
+        if key is None:
+            if point.hash in todo:
+                singles.append(point)
+        else:
+            groups.setdefault((point.kind, key), []).append(point)
+    tasks: list[Task] = []
+    for (kind_name, _), members in groups.items():
+        kind = get_kind(kind_name)
+        for chunk in _chunks(members, max_batch):
+            if not any(p.hash in todo for p in chunk):
+                continue
+            items = tuple((p.hash, p.params) for p in chunk)
+            if len(chunk) == 1:
+                tasks.append(Task(kind_name, kind.run, False, items, threads))
+            else:
+                tasks.append(Task(kind_name, kind.run_batch, True, items, threads))
+    size = max(1, min(MAX_CHUNK, len(singles) // max(1, 8 * workers)))
+    by_kind: dict[str, list[Point]] = {}
+    for p in singles:
+        by_kind.setdefault(p.kind, []).append(p)
+    for kind_name, members in by_kind.items():
+        for chunk in _chunks(members, size):
+            tasks.append(Task(kind_name, get_kind(kind_name).run, False, tuple((p.hash, p.params) for p in chunk),
+                              threads))
+    return tasks
+
+
+# -- worker side ----------------------------------------------------------------------------------
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # NaN / inf -> null (standard JSON)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch 0-d
+        return _json_scalar(value.item())
+    raise ValueError(f"{type(value).__name__} is not a JSON scalar")
+
+
+def _encode(results: Any) -> tuple[str, list[str]]:
+    """(results JSON text, [history record JSON texts]); ValueError if the kind returned something else."""
+    import json
+
+    if not isinstance(results, dict):
+        raise ValueError(f"a point kind must return a dict, got {type(results).__name__}")
+    history = results.get(HISTORY_KEY, [])
+    scalars = {}
+    for key, value in results.items():
+        if key == HISTORY_KEY:
+            continue
+        try:
+            scalars[str(key)] = _json_scalar(value)
+        except ValueError as exc:
+            raise ValueError(f"result {key!r}: {exc}") from None
+    records = []
+    for record in history:
+        if not isinstance(record, dict):
+            raise ValueError("history records must be dicts")
+        records.append(json.dumps({str(k): _json_scalar(v) for k, v in record.items()}, sort_keys=True))
+    return json.dumps(scalars, sort_keys=True), records
+
+
+def _failure(hash_: str, exc: BaseException, seconds: float, batch_size: int) -> dict[str, Any]:
+    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return dict(hash=hash_, status="failed", results=None, history=[], error=last, seconds=seconds,
+                group_size=batch_size)
+
+
+def _outcome(hash_: str, results: Any, seconds: float, batch_size: int) -> dict[str, Any]:
+    try:
+        text, history = _encode(results)
+    except ValueError as exc:
+        return _failure(hash_, exc, seconds, batch_size)
+    return dict(hash=hash_, status="done", results=text, history=history, error=None, seconds=seconds,
+                group_size=batch_size)
+
+
+def run_task(task: Task) -> list[dict[str, Any]]:
+    """Compute a task's points (in any process). A failing point is recorded as failed, never raised;
+    a failing batch fails each of its points with the batch's error."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(task.threads)
+    try:
+        if task.batched:
+            start = time.perf_counter()
+            try:
+                results = task.func([params for _, params in task.items])
+                if len(results) != len(task.items):
+                    raise ValueError(f"run_batch returned {len(results)} results for {len(task.items)} points")
+            except Exception as exc:  # recorded per point; the sweep goes on
+                seconds = (time.perf_counter() - start) / len(task.items)
+                return [_failure(h, exc, seconds, len(task.items)) for h, _ in task.items]
+            seconds = (time.perf_counter() - start) / len(task.items)
+            return [_outcome(h, r, seconds, len(task.items)) for (h, _), r in zip(task.items, results, strict=True)]
+        outcomes = []
+        for hash_, params in task.items:
+            start = time.perf_counter()
+            try:
+                results = task.func(params)
+            except Exception as exc:  # recorded; the sweep goes on
+                outcomes.append(_failure(hash_, exc, time.perf_counter() - start, 1))
+                continue
+            outcomes.append(_outcome(hash_, results, time.perf_counter() - start, 1))
+        return outcomes
+    finally:
+        torch.set_num_threads(saved)
+
+
+# -- executors --------------------------------------------------------------------------------------
+def _run_inline(tasks: Sequence[Task]) -> Iterator[list[dict[str, Any]]]:
+    for task in tasks:
+        yield run_task(task)
+
+
+def _run_pool(tasks: Sequence[Task], workers: int) -> Iterator[list[dict[str, Any]]]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn: a fresh interpreter per worker (fork after torch/OpenMP threads have started can hang)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = {pool.submit(run_task, task) for task in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_dask(tasks: Sequence[Task], workers: int, scheduler: str | None) -> Iterator[list[dict[str, Any]]]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ValueError("--executor dask needs dask[distributed] (pip install 'dask[distributed]')") from None
+    cluster = None
+    try:
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout="20s")
+            except OSError as exc:
+                raise ValueError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster)
+        try:
+            futures = client.map(run_task, list(tasks), pure=False)
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+# -- the loop -----------------------------------------------------------------------------------
+@dataclass
+class SweepSummary:
+    """What a sweep did."""
+
+    name: str
+    out_dir: Path
+    total: int
+    already_done: int
+    computed: int = 0
+    failed: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    exports: list[Path] = field(default_factory=list)
+    figures: str | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"sweep {self.name}: {self.total} points; {self.already_done} already in the store, "
+               f"{self.computed} computed now, {self.failed} failed ({self.seconds:.1f} s)",
+               f"store:   {self.out_dir / 'sweep.sqlite'}"]
+        out += [f"table:   {path}" for path in self.exports]
+        if self.figures:
+            out.append(f"figures: {self.figures}")
+        if self.errors:
+            out.append(f"failures ({len(self.errors)}; rerun with --retry-failed):")
+            out += [f"  {h[:12]}  {e}" for h, e in self.errors[:5]]
+            if len(self.errors) > 5:
+                out.append(f"  ... {len(self.errors) - 5} more (column 'error' of the table)")
+        return out
+
+
+def run_sweep(grid: Grid, out_dir: str | Path, *, executor: str = "local", workers: int | None = None,
+              scheduler: str | None = None, retry_failed: bool = False, max_batch: int = 64, threads: int = 1,
+              progress: bool = True, export_format: str | None = "csv") -> SweepSummary:
+    """Compute every point of ``grid`` not yet done in ``<out_dir>/sweep.sqlite``.
+
+    Args:
+        grid: a validated grid (:func:`load_grid`, :func:`preset_grid`, :func:`expand_grid`).
+        out_dir: output folder (created); holds the store and exported tables.
+        executor: 'local' (process pool; inline when workers == 1) or 'dask' (LocalCluster, or the cluster
+            at ``scheduler``).
+        workers: processes (default: CPU count).
+        scheduler: address of an existing dask scheduler (tcp://HOST:PORT); implies executor 'dask'.
+        retry_failed: recompute points recorded as failed.
+        max_batch: largest batch of a batchable kind (part of the plan: results may differ in the last
+            float bits between batch compositions, so keep it fixed across reruns of one sweep).
+        threads: torch threads per task (default 1, in every executor, for identical results).
+        progress: show a progress bar on stderr.
+        export_format: 'csv', 'parquet' or None: write points/history tables at the end.
+
+    Raises:
+        ValueError (StoreError): unusable store or folder, bad executor settings.
+    """
+    import os
+
+    if scheduler:
+        executor = "dask"
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    store = Store.open(out_dir)
+    try:
+        store.add_pending(grid.points)
+        status = store.statuses()
+        wanted = {"pending", "failed"} if retry_failed else {"pending"}
+        todo = {p.hash for p in grid.points if status[p.hash] in wanted}
+        summary = SweepSummary(grid.name, out_dir, len(grid.points), len(grid.points) - len(todo))
+        tasks = plan_tasks(grid.points, todo, max_batch=max_batch, workers=workers, threads=threads)
+        if executor == "dask":
+            stream = _run_dask(tasks, workers, scheduler)
+        elif workers == 1:
+            stream = _run_inline(tasks)
+        else:
+            stream = _run_pool(tasks, workers)
+        bar = _bar(len(grid.points), summary.already_done, progress, grid.name)
+        try:
+            for outcomes in stream:
+                mine = [o for o in outcomes if o["hash"] in todo]
+                todo.difference_update(o["hash"] for o in mine)
+                store.record(mine)
+                summary.computed += sum(o["status"] == "done" for o in mine)
+                summary.failed += sum(o["status"] == "failed" for o in mine)
+                if bar is not None:
+                    bar.update(len(mine))
+        finally:
+            if bar is not None:
+                bar.close()
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        summary.errors = store.errors(p.hash for p in grid.points)
+    finally:
+        store.close()
+    if export_format:
+        from .store import export
+
+        summary.exports = export(out_dir, export_format)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _bar(total: int, initial: int, enabled: bool, name: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name, unit="point", file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1)
