@@ -50,11 +50,13 @@ from itertools import product
 import numpy as np
 import torch
 
+from . import _popquad as _pq
 from .spec import FeatureModel, all_but_one_incidence, make_preset
 
 __all__ = [
     "ATTACKS", "NORMS", "WEIGHTS", "Formalisation", "World", "world_from", "robust_loss", "loss_derivatives",
-    "robust_accuracy", "optimal_weights", "first_order_w2", "threshold", "population_cas", "theory_point",
+    "robust_accuracy", "optimal_weights", "first_order_w2", "threshold", "closed_form_sign", "population_cas",
+    "theory_point",
     "THEORY_PARAMS",
 ]
 
@@ -265,6 +267,63 @@ class QuadResult:
     error: np.ndarray
 
 
+def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray, eps: np.ndarray,
+              levels: tuple[int, int], order: int = 2, chunk: int = 64):
+    """Objective (with penalty), gradient, Hessian by the analytic engine at fixed rule levels, in eps chunks."""
+    outs = []
+    for lo in range(0, w1.size, chunk):
+        sl = slice(lo, lo + chunk)
+        if form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
+            out = _pq.hard_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], levels, order)
+        else:
+            out = _pq.soft_eval(world.k, world.mu, world.sigma, form.norm, form.attack, form.alpha, w1[sl], w2[sl],
+                                eps[sl], levels, order)
+        outs.append(out)
+    loss = np.concatenate([o[0] for o in outs])
+    grad = np.concatenate([o[1] for o in outs]) if order >= 1 else None
+    hess = np.concatenate([o[2] for o in outs]) if order >= 2 else None
+    if form.weights == "weight-decay":
+        lam = form.weight_decay
+        loss = loss + 0.5 * lam * (w1 * w1 + w2 * w2)
+        if grad is not None:
+            grad = grad + lam * np.stack([w1, w2], axis=1)
+        if hess is not None:
+            hess = hess + lam * np.eye(2)[None]
+    return loss, grad, hess
+
+
+def _np_batch(*arrays) -> list[np.ndarray]:
+    arrs = [np.atleast_1d(np.asarray(a, dtype=np.float64)).reshape(-1) for a in arrays]
+    size = max(a.size for a in arrs)
+    return [np.broadcast_to(a, (size,)).copy() if a.size == 1 else a.copy() for a in arrs]
+
+
+_NODE_BUDGET = 600_000  # nodes of one rule; beyond this refinement stops and the larger error estimate is kept
+
+
+def _nodes(world: World, levels: tuple[int, int]) -> int:
+    xi, _, dev, _ = _pq.rule(world.k, *levels)
+    return xi.size * dev.shape[0]
+
+
+def _verified(world: World, form: Formalisation, w1, w2, eps, levels: tuple[int, int], tol: float, order: int = 0):
+    """Value (and gradient) at the rule after ``levels`` refined by halving h until |Q(h) - Q(h/2)| < tol.
+
+    Returns (value, error, grad or None, levels used for the returned value).
+    """
+    coarse = _evaluate(world, form, w1, w2, eps, levels, order)
+    while True:
+        finer_levels = (levels[0] + 4, levels[1] + 4)
+        if finer_levels[0] > _pq.MAX_LEVEL or _nodes(world, finer_levels) > _NODE_BUDGET:
+            return coarse[0], np.full_like(coarse[0], math.inf), coarse[1], levels
+        fine = _evaluate(world, form, w1, w2, eps, finer_levels, order)
+        error = np.abs(fine[0] - coarse[0])
+        levels = finer_levels
+        if float(error.max()) < tol:
+            return fine[0], error, fine[1], levels
+        coarse = fine
+
+
 def robust_loss(world: FeatureModel | World | str, form: Formalisation, w1, w2, eps, *,
                 tol: float = 1e-8) -> QuadResult:
     """Expected robust loss (plus the weight-decay penalty if any) at weights (w1, w2), radius eps.
@@ -273,51 +332,32 @@ def robust_loss(world: FeatureModel | World | str, form: Formalisation, w1, w2, 
         world: an all-but-one-K world (or preset name, or :class:`World`).
         form: the formalisation.
         w1, w2, eps: scalars or arrays broadcast to shape (B,).
-        tol: refine (halve every step) until the error estimate is below tol.
+        tol: refine (halve the step) until the error estimate |Q(h) - Q(h/2)| is below tol.
 
     Returns:
-        QuadResult with value and error, shape (B,).
+        QuadResult with value and error, shape (B,). For joint attacks with label smoothing the integrand
+        is only piecewise smooth (a maximum over sign patterns), convergence is algebraic, and the error
+        estimate may stay above tol when the node budget is reached: it is reported as it is.
     """
     world = world_from(world)
-    w1, w2, eps = _as_batch(w1, w2, eps)
-    level = _levels(world, w1, w2)
-    with torch.no_grad():
-        coarse = _loss_torch(world, form, w1, w2, eps, level)
-        fine, error = coarse, torch.full_like(coarse, math.inf)
-        for _ in range(8):
-            level = (level[0] + 1, level[1] + 1)
-            try:
-                finer = _loss_torch(world, form, w1, w2, eps, level)
-            except ValueError:  # node budget reached: return the best value with its (larger) error estimate
-                break
-            fine, error = finer, (finer - coarse).abs()
-            if float(error.max()) < tol:
-                break
-            coarse = finer
-    return QuadResult(fine.numpy(), error.numpy())
+    w1, w2, eps = _np_batch(w1, w2, eps)
+    levels = _pq.levels_for(world.k, world.sigma, w1, w2)
+    value, error, _, _ = _verified(world, form, w1, w2, eps, levels, tol)
+    return QuadResult(value, error)
 
 
 def loss_derivatives(world: World, form: Formalisation, w1, w2, eps, level: tuple[int, int] | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Loss (B,), gradient (B, 2) and Hessian (B, 2, 2) in (w1, w2) by autograd through the quadrature.
+    """Loss (B,), gradient (B, 2) and Hessian (B, 2, 2) in (w1, w2), analytic, through the quadrature.
 
     At w1 = 0 or w2 = 0 the l_inf loss has a kink (|w|): the derivative returned there is the one of the
-    side the sign of the value given selects (+0.0 -> right derivative).
+    side the sign of the value given selects (+0.0 -> right derivative). ``level``: the rule's
+    quarter-octave levels (xi, eta); default from the weights (error ~1e-11 for hard labels).
     """
-    w1, w2, eps = _as_batch(w1, w2, eps)
-    # the kink: evaluate |w| as sign(w) * w with the sign frozen (copysign keeps the side of a signed zero)
-    s1 = torch.copysign(torch.ones_like(w1), w1)
-    s2 = torch.copysign(torch.ones_like(w2), w2)
-    u = torch.stack([w1 * s1, w2 * s2], dim=1).requires_grad_(True)
-    a1, a2 = u[:, 0] * s1, u[:, 1] * s2
-    loss = _loss_torch(world, form, a1, a2, eps, level)
-    (grad_u,) = torch.autograd.grad(loss.sum(), u, create_graph=True)
-    rows = [torch.autograd.grad(grad_u[:, i].sum(), u, retain_graph=True)[0] for i in range(2)]
-    hess_u = torch.stack(rows, dim=1)
-    sign = torch.stack([s1, s2], dim=1)
-    grad = grad_u * sign
-    hess = hess_u * sign[:, :, None] * sign[:, None, :]
-    return loss.detach().numpy(), grad.detach().numpy(), hess.detach().numpy()
+    world = world_from(world)
+    w1, w2, eps = _np_batch(w1, w2, eps)
+    level = level or _pq.levels_for(world.k, world.sigma, w1, w2)
+    return _evaluate(world, form, w1, w2, eps, level, 2)
 
 
 # -- robust accuracy ------------------------------------------------------------------------------
@@ -396,28 +436,26 @@ def population_cas(world: FeatureModel | World | str, w1: float, w2: float, eps:
     c = (k - 2) * b * b / denom
     return float(k * (k - 1) * min(max(c, 0.0), 1.0))
 
-
 # -- optimal weights -----------------------------------------------------------------------------
 def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: np.ndarray,
-                     signs: tuple[float, float], iters: int = 60, xtol: float = 1e-11
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     signs: tuple[float, float], levels: tuple[int, int], iters: int = 80, xtol: float = 1e-11
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Minimise over the closed quadrant sign(w) = signs, vectorised over eps, by projected Newton.
 
     Inside a quadrant the objective is smooth (the |w| of the l_inf radius is linear there). Active set:
     a coordinate at 0 whose derivative points out of the quadrant is held at 0. Backtracking keeps the
-    loss non-increasing; a non-positive-definite Hessian is shifted.
-    Returns u = (|w1|, |w2|) (B, 2) and the objective (B,).
+    loss non-increasing; a non-positive-definite Hessian is shifted. Converged elements leave the batch.
+    Returns w (B, 2), objective (B,), gradient (B, 2) and Hessian (B, 2, 2) at w, all at the fixed rule.
     """
     sign = np.array(signs)
     u = np.maximum(start * sign, 0.0)
-    eps_t = np.asarray(eps, dtype=np.float64)
-    active = np.ones(len(eps_t), dtype=bool)
+    active = np.ones(len(eps), dtype=bool)
 
     def evaluate(uu, idx):
         w = uu * sign
         w1 = np.where(w[:, 0] == 0, 0.0 * sign[0], w[:, 0])  # signed zeros choose the quadrant's side
         w2 = np.where(w[:, 1] == 0, 0.0 * sign[1], w[:, 1])
-        return loss_derivatives(world, form, w1, w2, eps_t[idx])
+        return _evaluate(world, form, w1, w2, eps[idx], levels, 2)
 
     loss, grad, hess = evaluate(u, np.arange(len(u)))
     for _ in range(iters):
@@ -428,7 +466,6 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
         hm = hess[idx] * sign[:, None] * sign[None, :]
         uu = u[idx]
         free = ~((uu <= 0) & (g > 0))  # coordinate pinned at the quadrant's edge
-        # pinned coordinates: zero their row/column (identity there) and their gradient, then one batched solve
         mask = free[:, :, None] & free[:, None, :]
         hb = np.where(mask, hm, 0.0) + np.where(~free, 1.0, 0.0)[:, :, None] * np.eye(2)
         lam = np.linalg.eigvalsh(hb).min(axis=1)
@@ -453,55 +490,69 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
         loss[idx] = np.where(improved, new_loss, loss[idx])
         grad[idx] = np.where(improved[:, None], new_grad, grad[idx])
         hess[idx] = np.where(improved[:, None, None], new_hess, hess[idx])
-        active[idx] = (moved > xtol) & improved
-    return u * sign, loss
+        active[idx] = (moved > xtol * np.maximum(1.0, np.abs(uu).max(axis=1))) & improved
+    return u * sign, loss, grad, hess
+
+
+def _solve_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: np.ndarray,
+                    signs: tuple[float, float]):
+    """Newton at a rule chosen from the weights; re-run (warm) while the solution needs a finer rule."""
+    levels = _pq.levels_for(world.k, world.sigma, start[:, 0], start[:, 1])
+    for _ in range(6):
+        w, loss, grad, hess = _newton_quadrant(world, form, eps, start, signs, levels)
+        need = _pq.levels_for(world.k, world.sigma, w[:, 0], w[:, 1])
+        if need[0] <= levels[0] and need[1] <= levels[1]:
+            break
+        levels, start = (max(need[0], levels[0]), max(need[1], levels[1])), w
+    return w, loss, grad, hess, levels
+
+
+def _curve_scale(form: Formalisation, k: int) -> float:
+    return 1.0 if form.weights != "class-l2-norm" else 1.0 / math.sqrt(k - 1)
 
 
 def _curve(form: Formalisation, k: int):
-    """Feasible curve t -> (w1, w2) of a constrained formalisation, its t range and t at w2 = 0."""
+    """Feasible curve of a constrained formalisation: t -> (w, dw/dt, d2w/dt2) as (B, 2) arrays, t range."""
     if form.weights == "l1-share":
-        return (lambda t: (1.0 - t, t)), (0.0, 1.0), 0.0
-    if form.weights == "l2-norm":
-        return (lambda t: (torch.cos(t), torch.sin(t))), (-math.pi, math.pi), 0.0
-    if form.weights == "class-l2-norm":
-        return (lambda t: (torch.cos(t), torch.sin(t) / math.sqrt(k - 1))), (-math.pi, math.pi), 0.0
-    raise ValueError(f"weights {form.weights!r} is not a fixed-norm constraint")
+        def curve(t):
+            one = np.ones_like(t)
+            return np.stack([1.0 - t, t], 1), np.stack([-one, one], 1), np.zeros((t.size, 2))
+        return curve, (0.0, 1.0)
+    if form.weights not in ("l2-norm", "class-l2-norm"):
+        raise ValueError(f"weights {form.weights!r} is not a fixed-norm constraint")
+    c = _curve_scale(form, k)
+
+    def curve(t):
+        cos, sin = np.cos(t), np.sin(t)  # sin(+0) = +0: w2 = +0 takes the right derivative at t = 0
+        return np.stack([cos, c * sin], 1), np.stack([-sin, c * cos], 1), np.stack([-cos, -c * sin], 1)
+    return curve, (-math.pi, math.pi)
 
 
-def _curve_derivatives(world: World, form: Formalisation, t: np.ndarray, eps: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Objective, d/dt and d2/dt2 along the feasible curve (right derivatives at w2 = +0)."""
-    curve = _curve(form, world.k)[0]
-    tt = torch.as_tensor(t, dtype=DTYPE).clone().requires_grad_(True)
-    w1, w2 = curve(tt)
-    # t = +0 gives w2 = +0.0, so the l_inf |w2| takes its right derivative there (see _dual)
-    ones = torch.ones_like(tt)
-    w1, w2 = torch.as_tensor(w1, dtype=DTYPE) * ones, torch.as_tensor(w2, dtype=DTYPE) * ones
-    loss = _loss_torch(world, form, w1, w2, torch.as_tensor(eps, dtype=DTYPE))
-    (d1,) = torch.autograd.grad(loss.sum(), tt, create_graph=True)
-    (d2,) = torch.autograd.grad(d1.sum(), tt)
-    return loss.detach().numpy(), d1.detach().numpy(), d2.detach().numpy()
+def _curve_derivatives(world: World, form: Formalisation, t: np.ndarray, eps: np.ndarray,
+                       levels: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objective, d/dt and d2/dt2 along the feasible curve (chain rule on the analytic gradient/Hessian)."""
+    w, dw, d2w = _curve(form, world.k)[0](t)
+    loss, grad, hess = _evaluate(world, form, w[:, 0], w[:, 1], eps, levels, 2)
+    d1 = (grad * dw).sum(1)
+    d2 = np.einsum("ba,bac,bc->b", dw, hess, dw) + (grad * d2w).sum(1)
+    return loss, d1, d2
 
 
-def _optimise_curve(world: World, form: Formalisation, eps: np.ndarray, grid: int = 48
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _optimise_curve(world: World, form: Formalisation, eps: np.ndarray, grid: int = 48):
     """Global search on a 1-d feasible set: a grid, then safeguarded Newton inside the best cell."""
-    curve, (lo, hi), _ = _curve(form, world.k)
+    curve, (lo, hi) = _curve(form, world.k)
+    levels = _pq.levels_for(world.k, world.sigma, np.ones(1), np.ones(1))  # |w1|, |w2| <= 1 on every curve
     b = len(eps)
     ts = np.linspace(lo, hi, grid + 1)
     tt = np.repeat(ts[None, :], b, axis=0).ravel()
-    ee = np.repeat(eps, grid + 1)
-    w1, w2 = curve(torch.as_tensor(tt, dtype=DTYPE))
-    with torch.no_grad():
-        values = _loss_torch(world, form, torch.as_tensor(w1, dtype=DTYPE) * torch.ones(tt.size, dtype=DTYPE),
-                             torch.as_tensor(w2, dtype=DTYPE) * torch.ones(tt.size, dtype=DTYPE),
-                             torch.as_tensor(ee, dtype=DTYPE)).numpy().reshape(b, grid + 1)
+    w = curve(tt)[0]
+    values = _evaluate(world, form, w[:, 0], w[:, 1], np.repeat(eps, grid + 1), levels, 0)[0].reshape(b, grid + 1)
     best = values.argmin(axis=1)
     left = ts[np.maximum(best - 1, 0)]
     right = ts[np.minimum(best + 1, grid)]
     t = ts[best].copy()
-    for _ in range(60):
-        _, d1, d2 = _curve_derivatives(world, form, t, eps)
+    for _ in range(80):
+        _, d1, d2 = _curve_derivatives(world, form, t, eps, levels)
         newton = np.where(d2 > 0, t - d1 / np.where(d2 > 0, d2, 1.0), np.nan)
         # outside the cell or non-convex there: bisect towards the descent side
         bisect = np.where(d1 > 0, 0.5 * (left + t), 0.5 * (t + right))
@@ -515,68 +566,109 @@ def _optimise_curve(world: World, form: Formalisation, eps: np.ndarray, grid: in
         t = new_t
     # compare with the cell ends (the minimum may sit at the end of the range, e.g. t = 0 for l1-share)
     cands = np.stack([t, ts[np.maximum(best - 1, 0)], ts[best], ts[np.minimum(best + 1, grid)]], axis=1)
-    loss_c = np.stack([_curve_derivatives(world, form, cands[:, j], eps)[0] for j in range(cands.shape[1])], axis=1)
+    loss_c = np.stack([_evaluate(world, form, *curve(cands[:, j])[0].T, eps, levels, 0)[0]
+                       for j in range(cands.shape[1])], axis=1)
     pick = loss_c.argmin(axis=1)
     t = cands[np.arange(b), pick]
-    w1, w2 = curve(torch.as_tensor(t, dtype=DTYPE))
-    w1 = np.broadcast_to(np.asarray(w1, dtype=np.float64), t.shape).copy()
-    w2 = np.broadcast_to(np.asarray(w2, dtype=np.float64), t.shape).copy()
-    return w1, w2, loss_c[np.arange(b), pick]
+    w = curve(t)[0]
+    return w[:, 0].copy(), w[:, 1].copy(), levels
 
 
 def _standard_start(world: World, b: int) -> np.ndarray:
     return np.tile([2.0 / max(world.sigma, 1e-3) ** 0.5, 0.5], (b, 1))
 
 
-def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps, *, start: np.ndarray | None = None
-                    ) -> dict[str, np.ndarray | str | bool]:
+_CONTINUATION = 32  # batches larger than this are first solved on a subset of eps, then warm-started
+
+
+def _optimise_free(world: World, form: Formalisation, eps: np.ndarray, start: np.ndarray | None):
+    b = eps.size
+    if start is None and b > _CONTINUATION:
+        # continuation along eps: solve ~17 evenly spread eps cold, interpolate (PCHIP) as warm starts
+        from scipy.interpolate import PchipInterpolator
+        order = np.argsort(eps)
+        sub = np.unique(np.linspace(0, b - 1, 17).round().astype(int))
+        sub_eps = eps[order][sub]
+        coarse = _optimise_free(world, form, sub_eps, None)
+        keep = np.concatenate([[True], np.diff(sub_eps) > 0])
+        if keep.sum() >= 2:
+            start = np.stack([PchipInterpolator(sub_eps[keep], coarse[0][keep, j])(eps) for j in range(2)], 1)
+    start = _standard_start(world, b) if start is None else np.asarray(start, dtype=np.float64).reshape(b, 2)
+    quadrants = [(1.0, 1.0)] if form.alpha == 0.0 else list(product((1.0, -1.0), repeat=2))
+    starts = [np.abs(start)] if form.convex else [np.abs(start), np.abs(start) * [1.0, 0.1],
+                                                   np.abs(start) * [0.1, 1.0]]
+    best = None
+    for signs in quadrants:
+        for s in starts:
+            w, loss, grad, hess, levels = _solve_quadrant(world, form, eps, s * np.array(signs), signs)
+            if best is None:
+                best = [w, loss, grad, hess, np.tile(levels, (b, 1))]
+            else:
+                better = loss < best[1]
+                for i, new in enumerate((w, loss, grad, hess, np.tile(levels, (b, 1)))):
+                    best[i] = np.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, best[i])
+    return best
+
+
+def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps, *, start: np.ndarray | None = None,
+                    tol: float = 1e-8) -> dict[str, np.ndarray | str | bool]:
     """Global minimiser of the robust objective over the formalisation's feasible set, for each eps.
 
     Method, by case (reported as ``method``):
 
-    * unconstrained / weight decay, convex (``form.convex``): projected Newton in each closed quadrant
-      (the objective is smooth inside each); each quadrant minimum is global there, so the best is the
-      global minimum. With hard labels only the first quadrant is searched: the loss is decreasing in
-      every margin and replacing (w1, w2) by (|w1|, |w2|) makes the margins stochastically larger
-      (reflect E and C about mu), so an optimum with w >= 0 exists.
+    * unconstrained / weight decay, convex (``form.convex``): projected Newton (analytic gradient and
+      Hessian) in each closed quadrant (the objective is smooth inside each); each quadrant minimum is
+      global there, so the best is the global minimum. With hard labels only the first quadrant is
+      searched: the loss is decreasing in every margin and replacing (w1, w2) by (|w1|, |w2|) makes the
+      margins stochastically larger (reflect E and C about mu), so an optimum with w >= 0 exists. Large
+      batches are first solved on 17 spread eps and warm-started by interpolation (continuation).
     * unconstrained / weight decay, not established convex: the same from three starts per quadrant
       (multi-start global search, not a proof).
     * fixed norm / share: 1-d global search (grid of 49 points, then Newton/bisection in the best cell).
 
+    The rule is fixed per call, chosen from the largest sigma |w| of the batch (and re-chosen, warm, if
+    the solution needs a finer one); every result is then verified at half the step.
+
     Args:
         eps: radii, shape (B,).
         start: optional (B, 2) warm start for the 2-d cases.
+        tol: target of the quadrature error estimate of the objective.
 
     Returns:
-        dict with w1, w2, objective (B,), method (str), convex (bool).
+        dict with w1, w2, objective (B,) (at the verified rule), quad_error (B,) (|Q(h) - Q(h/2)| of the
+        objective), w_error (B,) (max |H^-1 g| over free coordinates, g the gradient at the verified rule:
+        how far the weights may be from the optimum of the more exact objective), method (str), convex (bool).
     """
     world = world_from(world)
-    eps = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    eps = np.atleast_1d(np.asarray(eps, dtype=np.float64)).reshape(-1)
     if np.any(~np.isfinite(eps)) or np.any(eps < 0):
         raise ValueError("eps must be finite and >= 0")
-    b = eps.size
     if form.weights in ("l1-share", "l2-norm", "class-l2-norm"):
-        w1, w2, obj = _optimise_curve(world, form, eps)
-        return {"w1": w1, "w2": w2, "objective": obj, "method": "1-d global search", "convex": form.convex}
-    start = _standard_start(world, b) if start is None else np.asarray(start, dtype=np.float64).reshape(b, 2)
-    if form.alpha == 0.0:
-        quadrants = [(1.0, 1.0)]
-    else:
-        quadrants = list(product((1.0, -1.0), repeat=2))
-    starts = [np.abs(start)] if form.convex else [np.abs(start), np.abs(start) * [1.0, 0.1],
-                                                   np.abs(start) * [0.1, 1.0]]
-    best_w, best_loss = None, None
-    for signs in quadrants:
-        for s in starts:
-            w, loss = _newton_quadrant(world, form, eps, s * np.array(signs), signs)
-            if best_w is None:
-                best_w, best_loss = w, loss
-            else:
-                better = loss < best_loss
-                best_w = np.where(better[:, None], w, best_w)
-                best_loss = np.where(better, loss, best_loss)
-    method = "projected Newton per quadrant (convex)" if form.convex else "multi-start projected Newton (global search)"
-    return {"w1": best_w[:, 0], "w2": best_w[:, 1], "objective": best_loss, "method": method, "convex": form.convex}
+        w1, w2, levels = _optimise_curve(world, form, eps)
+        value, error, _, _ = _verified(world, form, w1, w2, eps, levels, tol)
+        # Newton residual along the curve at the verified rule, in units of the curve parameter t
+        t = w2 if form.weights == "l1-share" else np.arctan2(w2 / _curve_scale(form, world.k), w1)
+        _, d1, d2 = _curve_derivatives(world, form, t, eps, (levels[0] + 4, levels[1] + 4))
+        pinned = (form.weights == "l1-share") & (((t <= 0) & (d1 > 0)) | ((t >= 1) & (d1 < 0)))
+        w_error = np.where(pinned, 0.0, np.abs(d1) / np.where(d2 > 0, d2, np.nan))
+        return {"w1": w1, "w2": w2, "objective": value, "quad_error": error, "w_error": w_error,
+                "method": "1-d global search", "convex": form.convex}
+    w, _, _, hess, levels = _optimise_free(world, form, eps, start)
+    level = (int(levels[:, 0].max()), int(levels[:, 1].max()))
+    value, error, grad_fine, _ = _verified(world, form, w[:, 0], w[:, 1], eps, level, tol, order=1)
+    free = ~((w == 0) & (grad_fine * np.copysign(1.0, w) > 0))
+    hb = np.where(free[:, :, None] & free[:, None, :], hess, 0.0) + np.where(~free, 1.0, 0.0)[:, :, None] * np.eye(2)
+    correction = -np.linalg.solve(hb, np.where(free, grad_fine, 0.0)[..., None])[..., 0]
+    # w_error: the distance between the optimum at the working rule and at the verified (finer) one, i.e. the
+    # size of the final Newton step taken with the finer rule's gradient; the returned (corrected) weights
+    # are closer than that (the step's own error is second order in it)
+    w_error = np.abs(correction).max(axis=1)
+    same_side = np.sign(w + correction) * np.sign(w) >= 0
+    w = np.where(same_side & free, w + correction, w)
+    method = ("projected Newton per quadrant (convex)" if form.convex
+              else "multi-start projected Newton (global search)")
+    return {"w1": w[:, 0].copy(), "w2": w[:, 1].copy(), "objective": value, "quad_error": error, "w_error": w_error,
+            "method": method, "convex": form.convex}
 
 
 # -- first-order condition at w2 = 0 and thresholds --------------------------------------------------
@@ -589,32 +681,41 @@ def first_order_w2(world: FeatureModel | World | str, form: Formalisation, eps) 
     convex). Returns (derivative, w1 at w2 = 0), shape (B,).
     """
     world = world_from(world)
-    eps = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    eps = np.atleast_1d(np.asarray(eps, dtype=np.float64)).reshape(-1)
     if form.weights in ("l1-share", "l2-norm", "class-l2-norm"):
-        t0 = np.zeros_like(eps)
-        _, d1, _ = _curve_derivatives(world, form, t0, eps)
+        levels = _pq.levels_for(world.k, world.sigma, np.ones(1), np.zeros(1))
+        _, d1, _ = _curve_derivatives(world, form, np.zeros_like(eps), eps, levels)
         return d1, np.ones_like(eps)
     # best w1 on the line w2 = 0 (1-d, convex when the objective is): Newton on w1 >= 0 and w1 <= 0
+    zero = np.zeros_like(eps)
     best_w1, best_loss = None, None
     for s1 in (1.0, -1.0) if form.alpha else (1.0,):
         w1 = np.full(eps.size, s1 * 1.0)
-        for _ in range(80):
-            loss, g, h = loss_derivatives(world, form, w1, np.zeros_like(w1), eps)
-            step = -g[:, 0] / np.maximum(h[:, 0, 0], 1e-12)
-            new = w1 + step
-            new = np.where(new * s1 < 0, 0.5 * w1, new)
-            done = np.abs(new - w1).max() < 1e-12
-            w1 = new
-            if done:
+        active = np.ones(eps.size, dtype=bool)
+        for _ in range(100):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
                 break
-        loss = loss_derivatives(world, form, w1, np.zeros_like(w1), eps)[0]
+            levels = _pq.levels_for(world.k, world.sigma, w1[idx], zero[idx])
+            _, g, h = _evaluate(world, form, w1[idx], zero[idx], eps[idx], levels, 2)
+            pinned = (w1[idx] == 0) & (g[:, 0] * s1 > 0)  # at the half-line's end, derivative pointing out
+            step = -g[:, 0] / np.maximum(h[:, 0, 0], 1e-12)
+            cap = np.maximum(1.0, np.abs(w1[idx]))  # trust region: a flat direction must not throw w1 away
+            new = w1[idx] + np.clip(step, -cap, cap)
+            new = np.where(new * s1 <= 0, 0.0 * s1, new)  # projected Newton (signed zero keeps the side)
+            new = np.where(pinned, w1[idx], new)
+            active[idx] = ~pinned & (np.abs(new - w1[idx]) > 1e-12 * np.maximum(1.0, np.abs(w1[idx])))
+            w1[idx] = new
+        levels = _pq.levels_for(world.k, world.sigma, w1, zero)
+        loss = _evaluate(world, form, w1, zero, eps, levels, 0)[0]
         if best_w1 is None:
             best_w1, best_loss = w1, loss
         else:
             best_w1 = np.where(loss < best_loss, w1, best_w1)
             best_loss = np.minimum(loss, best_loss)
     w1_signed = np.where(best_w1 == 0, 0.0, best_w1)
-    _, g, _ = loss_derivatives(world, form, w1_signed, np.zeros_like(best_w1), eps)
+    levels = _pq.levels_for(world.k, world.sigma, w1_signed, zero)
+    _, g, _ = _evaluate(world, form, w1_signed, zero, eps, levels, 1)
     return g[:, 1], best_w1
 
 
@@ -625,30 +726,64 @@ class Threshold:
     eps: float | None
     grid: np.ndarray
     derivative: np.ndarray
+    method: str = "bracketing (brentq) on the first-order condition"
 
     def to_dict(self) -> dict:
-        return {"eps": self.eps, "grid": self.grid.tolist(), "derivative": self.derivative.tolist()}
+        return {"eps": self.eps, "grid": self.grid.tolist(), "derivative": self.derivative.tolist(),
+                "method": self.method}
 
 
-def threshold(world: FeatureModel | World | str, form: Formalisation, *, n_grid: int = 24, xtol: float = 1e-7
-              ) -> Threshold:
-    """eps0 (alpha = 0) or eps1 (alpha > 0): the largest eps in (0, mu/2) where the right derivative in w2
-    at w2 = 0 goes from negative (w2 > 0 pays) to non-negative, by bracketing (brentq, xtol) on a grid.
+def closed_form_sign(world: World, form: Formalisation, eps: np.ndarray) -> np.ndarray | None:
+    """Sign of the first-order condition at w2 = 0 where the derivation gives it, else None.
 
-    None when the derivative keeps one sign on the grid (the evidence: grid and derivative values).
+    Hard labels (alpha = 0): at w2 = 0 every wrong logit is equal, so the per-sample derivative in w2 is
+    ``sum_k dL/dm_k (C_k - eps dr/dw2)`` with the same dL/dm_k < 0 for every k, a function of E only;
+    averaging C_k -> mu (independent of E) gives ``(mu - eps dr/dw2) E[sum_k dL/dm_k]``, whose sign is
+    ``sign(eps dr/dw2 - mu)``: ``sign(2 eps - mu)`` for l_inf (dr/dw2 = 2 at w2 = +0) and -1 for l2
+    (dr/dw2 = 0). This is the derivative in w2 for unconstrained weights, for weight decay (the penalty's
+    derivative is 0 at w2 = 0) and along the l2 / class-l2 circles (tangent (0, c > 0) at w = (1, 0)); not
+    for l1-share (tangent (-1, 1) mixes in dL/dw1). proofs_check/README.md step 4 derives it with sympy.
     """
+    if form.alpha != 0.0 or form.weights == "l1-share":
+        return None
+    if form.norm == "linf":
+        return np.sign(2.0 * eps - world.mu)
+    return -np.ones_like(eps)
+
+
+@lru_cache(maxsize=256)
+def _threshold(world: World, form: Formalisation, n_grid: int, xtol: float) -> Threshold:
     from scipy.optimize import brentq
 
-    world = world_from(world)
     half = world.mu / 2
     grid = np.linspace(half / n_grid, half * (1 - 1e-6), n_grid)
     deriv, _ = first_order_w2(world, form, grid)
+    grid.setflags(write=False)
+    deriv.setflags(write=False)
+    sign = closed_form_sign(world, form, grid)
+    if sign is not None:
+        # the sign is known in closed form; it changes only at mu/2 (l_inf) or never (l2): no root inside
+        return Threshold(None, grid, deriv, "closed form: sign(eps dr/dw2 - mu) (hard labels); grid values numeric")
     crossings = np.flatnonzero((deriv[:-1] < 0) & (deriv[1:] >= 0))
     if crossings.size == 0:
         return Threshold(None, grid, deriv)
     i = crossings[-1]
     root = brentq(lambda e: float(first_order_w2(world, form, [e])[0][0]), grid[i], grid[i + 1], xtol=xtol)
     return Threshold(float(root), grid, deriv)
+
+
+def threshold(world: FeatureModel | World | str, form: Formalisation, *, n_grid: int = 24, xtol: float = 1e-7
+              ) -> Threshold:
+    """eps0 (alpha = 0) or eps1 (alpha > 0): the largest eps in (0, mu/2) where the right derivative in w2
+    at w2 = 0 goes from negative (w2 > 0 pays) to non-negative.
+
+    Where the sign of that derivative is known in closed form (:func:`closed_form_sign`) it decides;
+    otherwise a grid of ``n_grid`` eps brackets the last sign change and brentq refines it to ``xtol``.
+    None when there is no change in (0, mu/2) (the evidence: grid and derivative values, always computed
+    numerically). Cached per (world, formalisation); the returned arrays are read-only.
+    """
+    return _threshold(world_from(world), form, int(n_grid), float(xtol))
+
 
 
 # -- the sweep's contract ------------------------------------------------------------------------------
