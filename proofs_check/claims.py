@@ -38,8 +38,15 @@ def check_claim2(world: World, norm: str, n_eps: int = 6, n_w2: int = 11) -> dic
     elif not ok.any():
         verdict = "fails"
     else:
-        bad = eps_grid[~ok.all(axis=1)]
-        verdict = f"holds only for part of (0, mu/2): fails at eps in [{bad.min():.4g}, {bad.max():.4g}] on the grid"
+        # Claim 2 asks for a positive slope at *every* w2 in [0, w1]; report where the slope is negative
+        bad_rows = ~ok.all(axis=1)
+        neg_w2 = [w2_grid[~row] for row in ok[bad_rows]]
+        lo, hi = min(w.min() for w in neg_w2), max(w.max() for w in neg_w2)
+        where = ("at every eps of the grid" if bad_rows.all()
+                 else f"at eps in [{eps_grid[bad_rows].min():.4g}, {eps_grid[bad_rows].max():.4g}] of the grid")
+        verdict = (f"fails {where} ({eps_grid.min():.4g}..{eps_grid.max():.4g}): dP(robust correct)/dw2 < 0 for "
+                   f"some w2 in [0, w1] (on {int((~ok).sum())} of {ok.size} (eps, w2/w1) grid points, w2/w1 within "
+                   f"[{lo:.3g}, {hi:.3g}]); positive elsewhere")
     return {"verdict": verdict, "eps_grid": eps_grid.tolist(), "w2_grid": w2_grid.tolist(),
             "min_slope": float(slopes.min()), "slopes": slopes.tolist()}
 

@@ -7,6 +7,7 @@ and the feature distribution), not from a formula typed in by hand.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import sympy as sp
@@ -108,11 +109,20 @@ def fo_numeric(k: int, norm: str, smoothed: bool, w1v: float, epsv: float, muv: 
     return _trapezoid_e(lambda e: f(muv + sigmav * e) * np.exp(-e * e / 2) / math.sqrt(2 * math.pi))
 
 
+@lru_cache(maxsize=8)
+def _claim2_functions(k: int, norm: str):
+    d = claim2_probability(k, norm)
+    args = (d["e"], w1, w2, eps, mu, sigma)
+    return (sp.lambdify(args, d["integrand"], ["scipy", "numpy"]),
+            sp.lambdify(args, d["d_dw2"], ["scipy", "numpy"]))
+
+
 def claim2_numeric(k: int, norm: str, w1v: float, w2v: float, epsv: float, muv: float, sigmav: float
                    ) -> tuple[float, float]:
-    """(P, dP/dw2) of :func:`claim2_probability` at a point, by a 1-d trapezoid in e (w2 > 0)."""
-    d = claim2_probability(k, norm)
-    subs = {w1: w1v, w2: w2v, eps: epsv, mu: muv, sigma: sigmav}
-    p = sp.lambdify(d["e"], d["integrand"].subs(subs), ["scipy", "numpy"])
-    dp = sp.lambdify(d["e"], d["d_dw2"].subs(subs), ["scipy", "numpy"])
-    return _trapezoid_e(p, h=0.01), _trapezoid_e(dp, h=0.01)
+    """(P, dP/dw2) of :func:`claim2_probability` at a point, by a 1-d trapezoid in e (w2 > 0).
+
+    The sympy expressions are lambdified once per (K, norm), with the parameters as arguments.
+    """
+    p, dp = _claim2_functions(k, norm)
+    values = (w1v, w2v, epsv, muv, sigmav)
+    return _trapezoid_e(lambda e: p(e, *values), h=0.01), _trapezoid_e(lambda e: dp(e, *values), h=0.01)

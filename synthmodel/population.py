@@ -298,7 +298,7 @@ def _np_batch(*arrays) -> list[np.ndarray]:
     return [np.broadcast_to(a, (size,)).copy() if a.size == 1 else a.copy() for a in arrs]
 
 
-_NODE_BUDGET = 600_000  # nodes of one rule; beyond this refinement stops and the larger error estimate is kept
+_NODE_BUDGET = 200_000  # nodes of one rule; beyond this refinement stops and the larger error estimate is kept
 
 
 def _nodes(world: World, levels: tuple[int, int]) -> int:
@@ -486,11 +486,13 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
             new_loss[sub], new_grad[sub], new_hess[sub] = nl, ng, nh
         moved = np.abs(new_u - uu).max(axis=1)
         improved = new_loss <= loss[idx] + 1e-15 * np.abs(loss[idx])
+        # no measurable decrease (a kink of a piecewise-smooth objective, or rounding) counts as converged
+        progress = new_loss < loss[idx] - 1e-15 * np.abs(loss[idx])
         u[idx] = np.where(improved[:, None], new_u, uu)
         loss[idx] = np.where(improved, new_loss, loss[idx])
         grad[idx] = np.where(improved[:, None], new_grad, grad[idx])
         hess[idx] = np.where(improved[:, None, None], new_hess, hess[idx])
-        active[idx] = (moved > xtol * np.maximum(1.0, np.abs(uu).max(axis=1))) & improved
+        active[idx] = (moved > xtol * np.maximum(1.0, np.abs(uu).max(axis=1))) & improved & progress
     return u * sign, loss, grad, hess
 
 
