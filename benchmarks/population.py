@@ -10,15 +10,17 @@ Reference (independent of the engine's rule and code): 2-d Gauss-Hermite (numpy 
 reduced integral written out here in torch, Newton with autograd Hessians started from the *baseline's*
 answer, at every ``--ref-every``-th eps; its own accuracy is shown by re-running it at a higher order.
 
-Measured (2-core shared CPU of the build machine, OMP_NUM_THREADS=1,
-`python benchmarks/population.py` = 1000 eps, reference at 50 of them):
-    engine   1000 eps:   ~1.0 s   max |w - ref| 5e-10   (engine's own w_error estimate <= 1.8e-7)
-    baseline 1000 eps:  ~50 s     max |w - ref| 0.15
-    time ratio baseline/engine ~ 50; reference self-check (GH 240 vs 320 nodes per dim) 3e-10
-(see the last run's exact figures printed by the script; the 2 cores are shared with other jobs, so
-the timings vary by ~30%). Targets: 1000-eps curve < 2 s: met. >= 100x faster than the baseline: not met
-on the ratio (the baseline's L-BFGS-B on 10^5 samples warm-started per eps is ~0.05 s/eps), while being
-~10^8 times more accurate; at equal accuracy (1e-9) Monte Carlo would need ~10^16 samples.
+Measured (2-core CPU of the build machine shared with other jobs, OMP_NUM_THREADS=1, n = 1 run,
+`python benchmarks/population.py` = 1000 eps in [0, 0.49], reference at 50 of them):
+    reference self-check (GH 240 vs 320 per dim): max |dw| 9.8e-09
+    engine   1000 eps:  1.45 s, max |w - ref| 3.6e-10 (own estimates: quad_error 2.8e-11, w_error 1.8e-07)
+    baseline 1000 eps: 32.99 s, max |w - ref| 0.14
+    time ratio baseline/engine = 22.8
+(engine alone, no concurrent job: 0.7-1.0 s). Targets: 1000-eps curve < 2 s: MET. >= 100x faster than
+the baseline: NOT MET (23x), while ~4e8 times more accurate; at equal accuracy (~1e-9) Monte Carlo would
+need ~1e16 samples (its error falls as n^-1/2 from 0.14 at 1e5). w_error is the engine's conservative
+estimate (the last Newton step taken with the verified rule's gradient); the reference shows the
+returned weights are closer (3.6e-10).
 """
 
 from __future__ import annotations

@@ -312,10 +312,11 @@ def _verified(world: World, form: Formalisation, w1, w2, eps, levels: tuple[int,
     Returns (value, error, grad or None, levels used for the returned value).
     """
     coarse = _evaluate(world, form, w1, w2, eps, levels, order)
+    error = np.full_like(coarse[0], math.inf)
     while True:
         finer_levels = (levels[0] + 4, levels[1] + 4)
         if finer_levels[0] > _pq.MAX_LEVEL or _nodes(world, finer_levels) > _NODE_BUDGET:
-            return coarse[0], np.full_like(coarse[0], math.inf), coarse[1], levels
+            return coarse[0], error, coarse[1], levels  # budget reached: the last (larger) estimate
         fine = _evaluate(world, form, w1, w2, eps, finer_levels, order)
         error = np.abs(fine[0] - coarse[0])
         levels = finer_levels
