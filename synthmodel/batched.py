@@ -27,10 +27,18 @@ import torch
 import torch.nn.functional as F
 
 from . import attacks as atk
-from .attribution import attribution
 from .models import TiedLinear, build_model
 from .sample import derive_seed, sample
-from .train import DTYPES, Mode, TrainConfig, TrainResult, _copy_state, build_world
+from .train import (
+    DTYPES,
+    Mode,
+    TrainConfig,
+    TrainResult,
+    _copy_state,
+    adversarial_attribution,
+    build_world,
+    epoch_record,
+)
 
 __all__ = ["BATCH_VARYING", "batch_key", "train_batched"]
 
@@ -242,11 +250,7 @@ class _BatchedTrainer:
         for m, model in enumerate(self.ens.members):
             record = {"clean_acc": clean[m], "robust_acc": robust[m], "robust_loss": robust_loss[m]}
             if with_cas:
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # NaN CAS at a zero model is recorded as NaN
-                    record["cas"] = attribution(model, x_adv[m], y[m], mode=None).cas
+                record.update(adversarial_attribution(model, x_adv[m], y[m]))
             out.append(record)
         return out
 
@@ -277,15 +281,7 @@ class _BatchedTrainer:
             train_eval = self._evaluate(self.x_train, self.y_train, epoch, with_cas=False)
             test_eval = self._evaluate(self.x_test, self.y_test, epoch, with_cas=True)
             for m, model in enumerate(self.ens.members):
-                record: dict[str, Any] = {
-                    "epoch": epoch, "lr": epoch_lrs[m], "train_loss": totals[m] / seen,
-                    "train_clean_acc": train_eval[m]["clean_acc"], "train_robust_acc": train_eval[m]["robust_acc"],
-                    "train_robust_loss": train_eval[m]["robust_loss"],
-                    "test_clean_acc": test_eval[m]["clean_acc"], "test_robust_acc": test_eval[m]["robust_acc"],
-                    "test_robust_loss": test_eval[m]["robust_loss"], "cas": test_eval[m]["cas"],
-                }
-                if self.ens.tied:
-                    record["w1"], record["w2"] = model.w1, model.w2
+                record = epoch_record(epoch, epoch_lrs[m], totals[m] / seen, train_eval[m], test_eval[m], model)
                 histories[m].append(record)
                 if record["test_robust_acc"] > best[m][1]:
                     best[m] = (epoch, record["test_robust_acc"], _copy_state(model))

@@ -830,6 +830,11 @@ def _check_params(params: dict) -> dict:
     return p
 
 
+def validate_theory_params(params: dict) -> None:
+    """Raise ValueError naming the first unknown key or impossible value of a theory point (the sweep's pre-check)."""
+    _check_params(params)
+
+
 def theory_point(params: dict) -> dict:
     """Population theory at one point of a sweep grid.
 

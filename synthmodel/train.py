@@ -222,6 +222,32 @@ def logitwise_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return total
 
 
+def adversarial_attribution(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """``{"cas", "class_matrix"}`` on adversarial inputs; a zero model's NaN CAS is recorded, not warned about."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = attribution(model, x_adv, y, mode=None)
+    return {"cas": result.cas, "class_matrix": result.matrix.tolist()}
+
+
+def epoch_record(epoch: int, lr: float, train_loss: float, train_eval: dict[str, Any], test_eval: dict[str, Any],
+                 model: nn.Module) -> dict[str, Any]:
+    """One history entry (the same keys for the loop here and the batched trainer)."""
+    record: dict[str, Any] = {
+        "epoch": epoch, "lr": lr, "train_loss": train_loss,
+        "train_clean_acc": train_eval["clean_acc"], "train_robust_acc": train_eval["robust_acc"],
+        "train_robust_loss": train_eval["robust_loss"],
+        "test_clean_acc": test_eval["clean_acc"], "test_robust_acc": test_eval["robust_acc"],
+        "test_robust_loss": test_eval["robust_loss"], "cas": test_eval["cas"],
+        "class_matrix": test_eval["class_matrix"],
+    }
+    if isinstance(model, TiedLinear):
+        record["w1"], record["w2"] = model.w1, model.w2
+    return record
+
+
 class _Trainer:
     def __init__(self, config: TrainConfig, teacher: nn.Module | None, keep_epoch_states: bool):
         self.config = config.validate()
@@ -313,11 +339,7 @@ class _Trainer:
                     robust = (logits_adv.argmax(1) == y).double().mean().item()
             out = {"clean_acc": clean, "robust_acc": robust, "robust_loss": robust_loss}
             if with_cas:
-                import warnings
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # NaN CAS at a zero model is recorded as NaN
-                    result = attribution(self.model, x_adv, y, mode=None)
-                out["cas"], out["class_matrix"] = result.cas, result.matrix.tolist()
+                out.update(adversarial_attribution(self.model, x_adv, y))
         return out
 
     # -- loop ------------------------------------------------------------------------------
@@ -345,16 +367,7 @@ class _Trainer:
             sched.step()
             train_eval = self._evaluate(self.x_train, self.y_train, epoch, with_cas=False)
             test_eval = self._evaluate(self.x_test, self.y_test, epoch, with_cas=True)
-            record: dict[str, Any] = {
-                "epoch": epoch, "lr": lr, "train_loss": total / seen,
-                "train_clean_acc": train_eval["clean_acc"], "train_robust_acc": train_eval["robust_acc"],
-                "train_robust_loss": train_eval["robust_loss"],
-                "test_clean_acc": test_eval["clean_acc"], "test_robust_acc": test_eval["robust_acc"],
-                "test_robust_loss": test_eval["robust_loss"], "cas": test_eval["cas"],
-                "class_matrix": test_eval["class_matrix"],
-            }
-            if isinstance(self.model, TiedLinear):
-                record["w1"], record["w2"] = self.model.w1, self.model.w2
+            record = epoch_record(epoch, lr, total / seen, train_eval, test_eval, self.model)
             history.append(record)
             state = _copy_state(self.model)
             if self.keep_epoch_states:

@@ -295,14 +295,19 @@ def _population():
 def _theory_table() -> dict[str, Param]:
     """Validation table from ``synthmodel.population.THEORY_PARAMS`` (key -> tuple of allowed values).
 
-    A tuple of Python types (e.g. ``(float,)``) means "any value of that type"; an empty tuple means
-    "any scalar"; otherwise it is the closed set of allowed values. No defaults are filled in: the
+    ``("float", low, high)`` means a number in [low, high) (the engine's own check then refines open
+    ends, e.g. sigma > 0); a tuple of Python types (e.g. ``(float,)``) means "any value of that type";
+    an empty tuple means "any scalar"; otherwise it is the closed set of allowed values. No defaults are filled in: the
     population engine applies its own, and the hash covers exactly the keys given.
     """
     table: dict[str, Param] = {}
     for key, allowed in _population().THEORY_PARAMS.items():
         allowed = tuple(allowed)
-        if allowed and all(isinstance(a, type) for a in allowed):
+        if len(allowed) == 3 and allowed[0] == "float":  # ("float", low, high): a number in [low, high)
+            low, high = float(allowed[1]), float(allowed[2])
+            table[key] = Param("float", check=lambda v, low=low, high=high: low <= v < high,
+                               rule=f"in [{low:g}, {high:g})")
+        elif allowed and all(isinstance(a, type) for a in allowed):
             kind = "float" if float in allowed else "int" if int in allowed else "bool" if bool in allowed else "str"
             table[key] = Param(kind)
         elif not allowed:

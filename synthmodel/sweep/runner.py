@@ -104,6 +104,13 @@ def _json_scalar(value: Any) -> Any:
     raise ValueError(f"{type(value).__name__} is not a JSON scalar")
 
 
+def _json_value(value: Any) -> Any:
+    """A JSON scalar, or a (nested) list of them: history records may hold small matrices such as C."""
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return _json_scalar(value)
+
+
 def _encode(results: Any) -> tuple[str, list[str]]:
     """(results JSON text, [history record JSON texts]); ValueError if the kind returned something else."""
     import json
@@ -123,7 +130,7 @@ def _encode(results: Any) -> tuple[str, list[str]]:
     for record in history:
         if not isinstance(record, dict):
             raise ValueError("history records must be dicts")
-        records.append(json.dumps({str(k): _json_scalar(v) for k, v in record.items()}, sort_keys=True))
+        records.append(json.dumps({str(k): _json_value(v) for k, v in record.items()}, sort_keys=True))
     return json.dumps(scalars, sort_keys=True), records
 
 
