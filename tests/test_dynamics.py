@@ -112,7 +112,7 @@ def test_experiment_points_are_valid_and_cover_the_issue():
         seeds = {p["seed"] for p in points}
         assert len(seeds) >= 3
     eps_values = {p["eps"] for p in experiment_points("eps")}
-    assert max(eps_values) > SETUP["mu"] / 2 and set(EPS_GRID) == eps_values  # very large eps included
+    assert max(eps_values) > SETUP["mu"] / 2 and set(EPS_GRID) <= eps_values  # very large eps included
     variants = {variant_of(p) for p in experiment_points("soft")}
     assert variants == {"at", "at+ls", "at+kd"}
     # shared points of different experiments are identical dicts, so the combined list runs them once
