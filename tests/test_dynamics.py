@@ -147,7 +147,7 @@ def test_tables_agree_with_direct_numpy_statistics():
     assert len(table) == 4 and (table["n_seeds"] == 3).all()  # AT rows only, one per (model, eps)
     sel = df[(df["model"] == "linear") & (df["eps"] == 0.2) & (df["teacher_from"] == "none")
              & (df["label_smoothing"] == 0.0)]["cas_drop"].to_numpy()
-    row = table[(table["model_label"] == "linear") & (table["eps"] == 0.2)].iloc[0]
+    row = table[(table["model_label"] == "paper3 linear") & (table["eps"] == 0.2)].iloc[0]
     assert row["cas_drop"] == pytest.approx(sel.mean(), rel=1e-12)
     assert row["cas_drop_std"] == pytest.approx(sel.std(ddof=1), rel=1e-12)  # sample std over seeds
     soft = soft_table(df, eps=0.1)
