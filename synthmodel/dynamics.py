@@ -58,7 +58,8 @@ from .train import DTYPES, TrainConfig, TrainResult, build_world, train
 
 __all__ = ["SETUP", "EXPERIMENTS", "TEACHER_SOURCES", "EXPERIMENT_SEEDS", "EPS_GRID", "SOFT_VARIANTS", "STUDIES",
            "experiment_points", "all_points", "point_config", "run_point", "run_dynamics", "results_row",
-           "adversarial_test_inputs", "variant_of", "epochs_table", "eps_table", "soft_table", "summarize", "main"]
+           "adversarial_test_inputs", "recompute_cas", "variant_of", "epochs_table", "eps_table", "soft_table",
+           "summarize", "main"]
 
 TEACHER_SOURCES = ("none", "at_best")
 EXPERIMENTS = ("epochs", "eps", "soft")

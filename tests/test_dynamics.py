@@ -167,3 +167,23 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("variant", [{}, {"label_smoothing": 0.2}, {"teacher_from": "at_best", "temperature": 2.0}])
+def test_head_column_sums_are_conserved_by_training(variant):
+    # docs/EXPERIMENTS.md explains CAS = 0 for the 3-class MLP by this identity: the gradient of softmax
+    # cross-entropy against any target distribution w.r.t. the logits is p - t, which sums to 0 over classes,
+    # so SGD (with momentum, without weight decay) never changes sum_k W[k, h].
+    from synthmodel.models import build_model
+    from synthmodel.train import build_world
+
+    result, _ = run_dynamics({**TINY, **MLP, "seed": 6, **variant})
+    config = result.config
+    init = build_model("mlp", build_world(config), seed=config.seed, hidden=config.hidden).head.weight.detach()
+    last = result.last_state["head.weight"]
+    moved = (last - init).abs().max().item()
+    drift = (last.sum(0) - init.sum(0)).abs().max().item()
+    # float32 steps: each update's column sum is 0 up to ~K * 2^-24 of the update size; 6 epochs x 4 steps
+    # accumulate far less than 1e-4, while the weights themselves move by O(0.1 .. 1)
+    assert moved > 1e-2
+    assert drift < 1e-4
