@@ -5,9 +5,9 @@ training (from the history) and with a stronger attack: PGD-100 (step eps/20) wi
 with the margin (CW) loss, 5 random restarts each, a sample counting as robust only if it survives all.
 
 Measured (2-core shared VM, torch 2.13 CPU, OMP_NUM_THREADS=1, ~3 min; pgd20 -> strong):
-paper3 MLP eps 0.2 best/last 0.422/0.257 -> 0.404/0.249; eps 0.3 0.276/0.169 -> 0.266/0.155;
-eps 0.5 0.388/0.388 -> 0.365/0.365; ring-10 MLP eps 0.5 0.618/0.613 -> 0.566/0.567;
-ring-10 AT + label smoothing 0.2 eps 0.1 0.540/0.412 -> 0.494/0.372.
+paper3 MLP eps 0.2 best/last 0.422/0.257 -> 0.405/0.249; eps 0.3 0.276/0.169 -> 0.266/0.154;
+eps 0.5 0.388/0.388 -> 0.363/0.363; ring-10 MLP eps 0.5 0.618/0.613 -> 0.566/0.567;
+ring-10 AT + label smoothing 0.2 eps 0.1 0.540/0.412 -> 0.492/0.371.
 
 Command: ``OMP_NUM_THREADS=1 python benchmarks/dynamics_attack_check.py``
 """
