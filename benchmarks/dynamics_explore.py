@@ -7,7 +7,8 @@ last-epoch clean accuracy (and w1, w2 for the tied model). Seed 0, one run per l
 for where the phenomena could live, not a measurement with spread (that is synthmodel.dynamics).
 
 Measured (2-core shared VM, torch 2.13 CPU, 2 worker processes, OMP_NUM_THREADS=1):
-group g1 8 runs 16 s, g2 16 runs 35 s, g3 12 runs 36 s, g4 12 runs (see docs/EXPERIMENTS.md).
+group g1 8 runs 16 s, g2 16 runs 35 s, g3 12 runs 36 s (these three with an earlier copy of this script
+holding the same set-ups), g4 12 runs 90 s, g5 8 runs 85 s (other jobs sharing the cores).
 
 Command: ``OMP_NUM_THREADS=1 python benchmarks/dynamics_explore.py g1 g2 g3 g4``
 """
