@@ -187,3 +187,13 @@ def test_head_column_sums_are_conserved_by_training(variant):
     # accumulate far less than 1e-4, while the weights themselves move by O(0.1 .. 1)
     assert moved > 1e-2
     assert drift < 1e-4
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_one_seed(tmp_path):
+    # the real set-up, experiment (a), one seed: 6 points (~1-2 min on 2 cores)
+    assert main(["--experiment", "epochs", "--seeds", "0", "--workers", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert len(frame) == len(experiment_points("epochs", seeds=[0])) == 6
+    assert (frame["best_epoch"] >= 1).all() and (frame["overfit_gap"] >= 0).all()
+    assert "(a) AT, per epoch" in (tmp_path / "tables.md").read_text()
