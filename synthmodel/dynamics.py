@@ -120,7 +120,8 @@ def _point(**changes: Any) -> dict[str, Any]:
     return {**SETUP, **POINT_DEFAULTS, **changes}
 
 
-def experiment_points(experiment: str, seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def experiment_points(experiment: str, seeds: Sequence[int] | None = None, *, label: bool = False
+                      ) -> list[dict[str, Any]]:
     """The params dicts of one experiment (several seeds each).
 
     Args:
@@ -128,6 +129,9 @@ def experiment_points(experiment: str, seeds: Sequence[int] | None = None) -> li
             ``"eps"`` (AT over :data:`EPS_GRID`, CAS(best) - CAS(last)) or ``"soft"`` (AT vs AT + label
             smoothing vs AT + distillation at eps :data:`SOFT_EPS`).
         seeds: overrides :data:`EXPERIMENT_SEEDS` (e.g. a single seed for a smoke run).
+        label: add ``"experiment": <name>`` to every point (a tag for selecting results, e.g. by
+            ``figures.dynamics``; it does not change what runs, but tagged points of different experiments
+            are different points to a store, so the shared ones run once per experiment).
 
     Returns:
         A list of complete params dicts for :func:`run_point` (identical set-ups of different
@@ -148,6 +152,8 @@ def experiment_points(experiment: str, seeds: Sequence[int] | None = None) -> li
         else:
             points += [_point(**model, eps=SOFT_EPS, seed=s, **changes) for changes in SOFT_VARIANTS.values()
                        for s in study_seeds]
+    if label:
+        points = [{**p, "experiment": experiment} for p in points]
     return points
 
 
@@ -166,10 +172,15 @@ def all_points(seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
 def point_config(params: dict[str, Any]) -> tuple[TrainConfig, str]:
     """Split a point's params into a validated :class:`TrainConfig` and its ``teacher_from``.
 
+    An ``experiment`` key (a string) is a label and is ignored.
+
     Raises:
         ValueError: an unknown key, a ``teacher`` path, a bad ``teacher_from`` or any TrainConfig error.
     """
     params = dict(params)
+    tag = params.pop("experiment", None)  # a label only (experiment_points(label=True))
+    if tag is not None and not isinstance(tag, str):
+        raise ValueError(f"experiment must be a string label, got {tag!r}")
     teacher_from = params.pop("teacher_from", "none")
     if teacher_from not in TEACHER_SOURCES:
         raise ValueError(f"teacher_from must be one of {', '.join(TEACHER_SOURCES)}, got {teacher_from!r}")
@@ -213,7 +224,9 @@ def results_row(result: TrainResult, teacher_result: TrainResult | None = None) 
     ``robust_acc_best`` / ``robust_acc_last`` (test); ``overfit_gap = robust_acc_best - robust_acc_last``;
     ``clean_acc_best`` / ``clean_acc_last``; ``train_robust_acc_last``, ``train_robust_loss_last``,
     ``train_robust_loss_best``; ``w1_best`` ... for the tied model; ``teacher_best_epoch`` and
-    ``teacher_robust_acc_best`` for distillation (else NaN / -1); ``history_json``.
+    ``teacher_robust_acc_best`` for distillation (else NaN / -1); ``variant`` (:func:`variant_of`);
+    ``class_matrix_best`` / ``class_matrix_last`` (C as JSON text, when the history has it); ``history``: the
+    per-epoch records as JSON text (NaN as null; without the per-epoch class matrices, to keep rows small).
     """
     history = result.history
     best, last = history[result.best_epoch - 1], history[-1]
@@ -238,9 +251,25 @@ def results_row(result: TrainResult, teacher_result: TrainResult | None = None) 
     if "w1" in last:
         row.update(w1_best=best["w1"], w2_best=best["w2"], w1_last=last["w1"], w2_last=last["w2"])
     # NaN is not JSON: the history text writes it as null (CAS of an all-zero model is NaN)
-    row["history_json"] = json.dumps([{k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-                                       for k, v in record.items()} for record in history])
+    if "class_matrix" in last:
+        row["class_matrix_best"] = json.dumps(_json_safe(best["class_matrix"]))
+        row["class_matrix_last"] = json.dumps(_json_safe(last["class_matrix"]))
+    row["variant"] = variant_of({"teacher_from": "none" if teacher_result is None else "at_best",
+                                 "label_smoothing": result.config.label_smoothing})
+    row["history"] = json.dumps([_json_safe({k: v for k, v in record.items() if k != "class_matrix"})
+                                 for record in history])
     return row
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN / inf -> None, recursively (standard JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def run_point(params: dict[str, Any]) -> dict[str, Any]:
@@ -276,10 +305,13 @@ def recompute_cas(model: torch.nn.Module, config: TrainConfig, epoch: int) -> fl
 
 # -- analysis ------------------------------------------------------------------------------------
 def variant_of(row: Any) -> str:
-    """``at`` / ``at+ls`` / ``at+kd`` of a results or params row (a dict or a pandas row)."""
+    """``AT`` / ``AT + LS <alpha>`` / ``AT + KD`` of a params row (a dict or a pandas row); the spelling of
+    ``figures.dynamics``."""
     if row.get("teacher_from", "none") == "at_best":
-        return "at+kd"
-    return "at+ls" if float(row.get("label_smoothing", 0.0) or 0.0) > 0 else "at"
+        return "AT + KD"
+    alpha = row.get("label_smoothing", 0.0)
+    alpha = 0.0 if alpha is None or (isinstance(alpha, float) and math.isnan(alpha)) else float(alpha)
+    return f"AT + LS {alpha:g}" if alpha > 0 else "AT"
 
 
 def _model_label(row: Any) -> str:
@@ -326,12 +358,12 @@ def eps_table(df):
     """Experiment (b): per model and eps, mean and std over seeds of best/last CAS, CAS drop, robust acc,
     overfitting gap (AT points only)."""
     df = _prepare(df)
-    df = df[df["variant"] == "at"]
+    df = df[df["variant"] == "AT"]
     return _mean_spread(df, ["model_label", "eps"], SUMMARY_COLUMNS)
 
 
 def soft_table(df, eps: float | None = None):
-    """Experiment (c): per model and variant (at / at+ls / at+kd), mean and std over seeds (eps given or
+    """Experiment (c): per model and variant (AT / AT + LS 0.2 / AT + KD), mean and std over seeds (eps given or
     :data:`SOFT_EPS`)."""
     df = _prepare(df)
     eps = SOFT_EPS if eps is None else eps
@@ -343,16 +375,16 @@ def soft_table(df, eps: float | None = None):
 
 def epochs_table(df, epochs: Iterable[int] | None = None):
     """Experiment (a): per model, eps and epoch, mean and std over seeds of test robust accuracy, CAS,
-    train robust loss (AT points only; from ``history_json``). ``epochs`` defaults to every 5th and the last."""
+    train robust loss (AT points only; from ``history``). ``epochs`` defaults to every 5th and the last."""
     import pandas as pd
 
     df = _prepare(df)
-    df = df[df["variant"] == "at"]
-    if "history_json" not in df.columns:
-        raise ValueError("results lack the history_json column")
+    df = df[df["variant"] == "AT"]
+    if "history" not in df.columns:
+        raise ValueError("results lack the history column")
     rows = []
     for _, row in df.iterrows():
-        for record in json.loads(row["history_json"]):
+        for record in json.loads(row["history"]):
             rows.append({"model_label": row["model_label"], "eps": row["eps"], "seed": row["seed"],
                          "epoch": record["epoch"], "test_robust_acc": record["test_robust_acc"],
                          "cas": float("nan") if record["cas"] is None else record["cas"],
@@ -368,7 +400,7 @@ def epochs_table(df, epochs: Iterable[int] | None = None):
 def summarize(df) -> str:
     """The three tables as Markdown text (mean ± std over seeds)."""
     parts = []
-    for title, table in (("(a) AT, per epoch", epochs_table(df) if "history_json" in df.columns else None),
+    for title, table in (("(a) AT, per epoch", epochs_table(df) if "history" in df.columns else None),
                          ("(b) AT over eps", eps_table(df)), ("(c) soft labels", _soft_or_none(df))):
         if table is None or table.empty:
             continue

@@ -39,7 +39,7 @@ def test_point_is_deterministic_per_seed_and_seed_matters():
     # same params -> bit-identical results (floats compared exactly, NaN-aware through the JSON text)
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     other = run_point({**TINY, **MLP, "seed": 4})
-    assert other["history_json"] != first["history_json"]
+    assert other["history"] != first["history"]
     assert all(isinstance(v, (int, float, str)) for v in first.values())  # flat JSON scalars
 
 
@@ -90,7 +90,7 @@ def test_distillation_teacher_is_the_at_points_best_checkpoint():
     # the teacher is trained inside the point from the same config with hard labels: the plain AT run
     assert kd["teacher_best_epoch"] == at["best_epoch"]
     assert kd["teacher_robust_acc_best"] == at["robust_acc_best"]
-    assert kd["history_json"] != at["history_json"]
+    assert kd["history"] != at["history"]
     assert math.isnan(at["teacher_robust_acc_best"]) and at["teacher_best_epoch"] == -1
 
 
@@ -114,7 +114,7 @@ def test_experiment_points_are_valid_and_cover_the_issue():
     eps_values = {p["eps"] for p in experiment_points("eps")}
     assert max(eps_values) > SETUP["mu"] / 2 and set(EPS_GRID) <= eps_values  # very large eps included
     variants = {variant_of(p) for p in experiment_points("soft")}
-    assert variants == {"at", "at+ls", "at+kd"}
+    assert variants == {"AT", "AT + LS 0.2", "AT + KD"}
     # shared points of different experiments are identical dicts, so the combined list runs them once
     combined = all_points()
     assert len(combined) == len({json.dumps(p, sort_keys=True) for p in combined})
@@ -136,7 +136,7 @@ def _fake_results():
                                  "cas_best": best, "cas_last": last, "cas_drop": best - last, "cas_max": 1.0,
                                  "cas_max_epoch": 1, "robust_acc_best": 0.5 + best / 4, "robust_acc_last": 0.5,
                                  "overfit_gap": best / 4, "train_robust_acc_last": 0.9,
-                                 "history_json": json.dumps([{"epoch": 1, "test_robust_acc": 0.3, "cas": None,
+                                 "history": json.dumps([{"epoch": 1, "test_robust_acc": 0.3, "cas": None,
                                                               "train_robust_loss": 1.0, "test_clean_acc": 0.5}])})
     return pd.DataFrame(rows)
 
@@ -151,7 +151,7 @@ def test_tables_agree_with_direct_numpy_statistics():
     assert row["cas_drop"] == pytest.approx(sel.mean(), rel=1e-12)
     assert row["cas_drop_std"] == pytest.approx(sel.std(ddof=1), rel=1e-12)  # sample std over seeds
     soft = soft_table(df, eps=0.1)
-    assert set(soft["variant"]) == {"at", "at+ls", "at+kd"} and len(soft) == 6
+    assert set(soft["variant"]) == {"AT", "AT + LS 0.2", "AT + KD"} and len(soft) == 6
     text = summarize(df)
     assert "(a)" in text and "(b)" in text and "(c)" in text and "±" in text
 
@@ -197,3 +197,16 @@ def test_cli_end_to_end_one_seed(tmp_path):
     assert len(frame) == len(experiment_points("epochs", seeds=[0])) == 6
     assert (frame["best_epoch"] >= 1).all() and (frame["overfit_gap"] >= 0).all()
     assert "(a) AT, per epoch" in (tmp_path / "tables.md").read_text()
+
+
+def test_results_carry_variant_and_history_and_ignore_the_experiment_label():
+    plain = run_point({**TINY, **MLP, "seed": 7, "label_smoothing": 0.2})
+    labelled = run_point({**TINY, **MLP, "seed": 7, "label_smoothing": 0.2, "experiment": "soft"})
+    assert json.dumps(plain, sort_keys=True) == json.dumps(labelled, sort_keys=True)  # NaN-aware equality
+    assert plain["variant"] == "AT + LS 0.2"
+    history = json.loads(plain["history"])
+    assert [r["epoch"] for r in history] == list(range(1, TINY["epochs"] + 1))
+    assert history[plain["best_epoch"] - 1]["cas"] == plain["cas_best"]
+    tagged = experiment_points("soft", seeds=[0], label=True)
+    assert {p["experiment"] for p in tagged} == {"soft"}
+    assert [{k: v for k, v in p.items() if k != "experiment"} for p in tagged] == experiment_points("soft", [0])
