@@ -57,7 +57,8 @@ from .sample import derive_seed, sample
 from .train import DTYPES, TrainConfig, TrainResult, build_world, train
 
 __all__ = ["SETUP", "EXPERIMENTS", "TEACHER_SOURCES", "EXPERIMENT_SEEDS", "EPS_GRID", "SOFT_VARIANTS", "STUDIES",
-           "experiment_points", "all_points", "point_config", "run_point", "run_dynamics", "results_row",
+           "experiment_points", "all_points", "point_config", "run_point", "run_point_with_history", "run_dynamics",
+           "results_row",
            "adversarial_test_inputs", "recompute_cas", "variant_of", "epochs_table", "eps_table", "soft_table",
            "summarize", "main"]
 
@@ -278,6 +279,15 @@ def run_point(params: dict[str, Any]) -> dict[str, Any]:
     Deterministic per params on CPU (every random draw comes from a generator seeded by ``seed``).
     """
     return results_row(*run_dynamics(params))
+
+
+def run_point_with_history(params: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_point` plus ``"_history"``: the full per-epoch records (class matrices included, NaN as None),
+    the one non-scalar entry the sweep runner's store accepts (its ``HISTORY_KEY``)."""
+    result, teacher_result = run_dynamics(params)
+    row = results_row(result, teacher_result)
+    row["_history"] = _json_safe(result.history)
+    return row
 
 
 def adversarial_test_inputs(model: torch.nn.Module, config: TrainConfig, epoch: int) -> tuple[torch.Tensor,

@@ -210,3 +210,14 @@ def test_results_carry_variant_and_history_and_ignore_the_experiment_label():
     tagged = experiment_points("soft", seeds=[0], label=True)
     assert {p["experiment"] for p in tagged} == {"soft"}
     assert [{k: v for k, v in p.items() if k != "experiment"} for p in tagged] == experiment_points("soft", [0])
+
+
+def test_point_with_history_adds_the_full_records():
+    from synthmodel.dynamics import run_point_with_history
+
+    row = run_point_with_history({**TINY, **MLP, "seed": 8})
+    plain = run_point({**TINY, **MLP, "seed": 8})
+    records = row.pop("_history")
+    assert json.dumps(row, sort_keys=True) == json.dumps(plain, sort_keys=True)
+    assert [r["epoch"] for r in records] == list(range(1, TINY["epochs"] + 1))
+    json.dumps(records, allow_nan=False)  # standard JSON: NaN already replaced by None
