@@ -94,15 +94,14 @@ def test_bad_grids_are_rejected_naming_the_key_and_allowed_values(spec, words):
 
 
 def test_paper_presets_expand():
+    from synthmodel.dynamics import all_points, experiment_points
+
     dynamics = preset_grid("paper-dynamics")
-    assert len(dynamics.points) == 2 * 4 * 2 * 3
-    try:
-        import synthmodel.population  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(GridError, match="needs synthmodel.population"):
-            preset_grid("paper-theory")
-    else:  # checked by the integrator once the population engine is merged
-        assert len(preset_grid("paper-theory").points) == 26 * 4 * 2
+    assert len(dynamics.points) == len(all_points())
+    assert {p.kind for p in dynamics.points} == {"dynamics"}
+    for name in ("epochs", "eps", "soft"):
+        assert len(preset_grid(f"dynamics-{name}").points) == len(experiment_points(name))
+    assert len(preset_grid("paper-theory").points) == 26 * 4 * 2  # eps x alpha x attack
 
 
 # -- store, resume, executors --------------------------------------------------------------------
@@ -274,7 +273,9 @@ def test_cli_file_that_is_not_a_store(tmp_path, capsys):
 def test_cli_dry_run_lists_points_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, _ = _run_main(capsys, "--preset", "paper-dynamics", "--dry-run", "--out", str(out))
-    assert code == 0 and "48 points" in stdout and "label_smoothing" in stdout
+    from synthmodel.dynamics import all_points
+
+    assert code == 0 and f"{len(all_points())} points" in stdout and "label_smoothing" in stdout
     assert not out.exists()
 
 

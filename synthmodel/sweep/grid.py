@@ -245,16 +245,16 @@ register_preset("paper-theory", "population engine: eps x label smoothing x atta
     },
 })
 
-# paper-dynamics: modest finite-sample AT runs of the linear models (batched), few samples relative to the
-# dimension (pure-noise dimensions) so robust overfitting can occur; the dynamics issue refines it.
-register_preset("paper-dynamics", "finite-sample AT of tied and full linear models: eps x seed x label smoothing", {
-    "kind": "train",
-    "fixed": {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "noise_dims": 20, "mode": "at", "attack": "pgd",
-              "n_train": 200, "n_test": 1000, "epochs": 40, "batch_size": 50, "lr": 0.1, "schedule": "step"},
-    "grid": {
-        "model": ["tied", "linear"],
-        "eps": [0.1, 0.2, 0.3, 0.4],
-        "label_smoothing": [0.0, 0.2],
-        "seed": {"range": [0, 3]},
-    },
-})
+# the three training-dynamics experiments of docs/EXPERIMENTS.md (synthmodel.dynamics names the set-ups)
+def _dynamics_spec(experiment: str | None) -> Callable[[], Mapping[str, Any]]:
+    def spec() -> Mapping[str, Any]:
+        from ..dynamics import all_points, experiment_points
+
+        return {"kind": "dynamics", "points": all_points() if experiment is None else experiment_points(experiment)}
+
+    return spec
+
+
+for _name, _experiment in (("dynamics-epochs", "epochs"), ("dynamics-eps", "eps"), ("dynamics-soft", "soft")):
+    register_preset(_name, f"dynamics experiment '{_experiment}' (docs/EXPERIMENTS.md)", _dynamics_spec(_experiment))
+register_preset("paper-dynamics", "all three training-dynamics experiments (docs/EXPERIMENTS.md)", _dynamics_spec(None))

@@ -335,3 +335,32 @@ register_kind(PointKind(
     name="theory", run=run_theory, params=_theory_table, check=_theory_check,
     description="exact population engine (synthmodel.population.theory_point): optimal w1, w2, robust acc, "
                 "CAS, eps0, eps1"))
+
+
+# -- built-in kind: dynamics (synthmodel.dynamics: a training run analysed for best vs last) ---------------
+def _dynamics_table() -> dict[str, Param]:
+    from ..dynamics import TEACHER_SOURCES
+
+    table = {k: v for k, v in _train_table().items() if k != "teacher"}
+    table["teacher_from"] = Param("str", "none", choices=TEACHER_SOURCES)
+    table["experiment"] = Param("str", None, nullable=True)  # optional label, e.g. for figure filters
+    return table
+
+
+def _dynamics_check(params: dict) -> None:
+    from ..dynamics import point_config
+
+    point_config(params)
+
+
+def run_dynamics_point(params: dict) -> dict:
+    """One training-dynamics point (:func:`synthmodel.dynamics.run_point_with_history`)."""
+    from ..dynamics import run_point_with_history
+
+    return run_point_with_history(params)
+
+
+register_kind(PointKind(
+    name="dynamics", run=run_dynamics_point, params=_dynamics_table, check=_dynamics_check,
+    description="training-dynamics point: best/last CAS and robust acc, overfitting gap; teacher_from='at_best' "
+                "distils from an AT teacher trained inside the point"))
