@@ -54,13 +54,15 @@ def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
 
 
 def _setting_columns(table: pd.DataFrame) -> list[str]:
-    """Parameters that vary between points other than the seed (they define a setting)."""
-    skip = set(SEED_KEYS) | {"kind", "variant", "best_epoch", "cas_best", "cas_last", "robust_best", "robust_last",
-                             "history"}
-    result_like = {c for c in table.columns if c.startswith("result_")}
+    """Parameters (keys of the points' kinds, not results) that vary between points, other than the seed."""
+    from synthmodel.sweep.kinds import get_kind
+
+    params: set[str] = set()
+    for kind in table["kind"].dropna().unique():
+        params |= set(get_kind(kind).table())
     columns = []
     for column in table.columns:
-        if column in skip or column in result_like:
+        if column not in params or column in SEED_KEYS or column == "experiment":
             continue
         values = table[column].map(lambda v: v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
         if values.nunique(dropna=False) > 1:
@@ -78,7 +80,7 @@ def curves(sources: Sources, out: Path) -> list[Path]:
     if "experiment" in table:
         chosen = table[table["experiment"].astype(str).str.contains("epoch")]
         table = chosen if not chosen.empty else table
-    columns = [c for c in _setting_columns(table) if c not in ("experiment",)]
+    columns = _setting_columns(table)
     groups = list(table.groupby(columns, dropna=False, sort=True)) if columns else [((), table)]
     groups = groups[: len(style.PALETTE)]
     fig, axes = style.figure(ncols=2, width=3.4, height=2.6)
@@ -98,7 +100,9 @@ def curves(sources: Sources, out: Path) -> list[Path]:
     axes[0, 1].set_ylabel("test robust accuracy")
     for ax in axes[0]:
         ax.set_xlabel("epoch")
-    axes[0, 1].legend(loc="best", title="$\\star$ = best epoch", title_fontsize=7)
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+               title="$\\star$ = best epoch (highest mean test robust accuracy)", title_fontsize=7)
     fig.suptitle("Training dynamics (mean over seeds, band = 1 s.d.)", fontsize=9)
     return style.save(fig, out, "dynamics_curves")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +33,20 @@ def _heatmap(ax, matrix: np.ndarray, title: str, labels=None):
     ax.grid(False)
     ax.set_xlabel("class j")
     ax.set_ylabel("class i")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=7)
     return image
 
 
 def _pairs_figure(pairs, out: Path, name: str, suptitle: str) -> list[Path]:
-    fig, axes = style.figure(ncols=2, nrows=len(pairs), width=2.6, height=2.4)
+    fig, axes = style.figure(ncols=2, nrows=len(pairs), width=2.7, height=2.5, layout="constrained")
     image = None
     for row, (label, best, last) in enumerate(pairs):
         for col, (which, (matrix, cas, extra)) in enumerate((("best", best), ("last", last))):
             labels = list(matrix.index) if isinstance(matrix, pd.DataFrame) else None
             values = matrix.to_numpy(dtype=float) if isinstance(matrix, pd.DataFrame) else np.asarray(matrix, float)
-            image = _heatmap(axes[row, col], values, f"{label}\n{which}{extra}: CAS = {cas:.2f}", labels)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="C[i, j] (cosine)")
+            image = _heatmap(axes[row, col], values, f"{which}{extra}: CAS {cas:.2f}", labels)
+        axes[row, 0].set_ylabel(f"{textwrap.fill(label, 28)}\n\nclass i", fontsize=7)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="C[i, j] (cosine)")
     fig.suptitle(suptitle, fontsize=9)
     return style.save(fig, out, name)
 
@@ -87,7 +89,7 @@ def _setting_label(point: pd.Series) -> str:
             value = point[key]
             if key == "label_smoothing" and not value:
                 continue
-            parts.append(f"{key}={value:g}" if isinstance(value, float) else str(value))
+            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts) or str(point["hash"])[:8]
 
 

@@ -38,6 +38,7 @@ RC = {
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 3.4, height: float = 2.6, **kwargs):
     """A figure of ncols x nrows panels, each ``width`` x ``height`` inches (3.4 in = one paper column)."""
+    kwargs.setdefault("layout", "constrained")  # room for suptitles and outside legends
     with plt.rc_context(RC):
         fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kwargs)
     return fig, axes

@@ -11,6 +11,7 @@ from . import style
 from .data import MissingData, Sources, finite
 
 FORMALISATION = ["attack", "norm", "weights"]
+ZERO_WEIGHT = 1e-6  # |w1|, |w2| below this: the optimum is the zero model
 
 # what the figures compute themselves when no store holds theory points: the paper's world
 DEFAULT_WORLD = {"preset": "paper3", "mu": 1.0, "sigma": 0.5}
@@ -44,6 +45,10 @@ def theory_frame(sources: Sources) -> tuple[pd.DataFrame, str]:
     """Theory points of the stores, or the paper's world computed here when there are none."""
     frame = sources.kind("theory")
     if not frame.empty:
+        from synthmodel.population import THEORY_DEFAULTS
+
+        for key, default in THEORY_DEFAULTS.items():  # keys a grid left out took the engine's defaults
+            frame[key] = frame[key].fillna(default) if key in frame else default
         return frame, "sweep store"
     try:
         eps = np.linspace(0.0, 0.49, 50) * DEFAULT_WORLD["mu"]
@@ -73,8 +78,8 @@ def weights_vs_eps(sources: Sources, out: Path) -> list[Path]:
             curve = curve.sort_values("eps")
             colour = colours[alpha]
             label = "AT" if alpha == 0 else f"AT + LS $\\alpha$={alpha:g}"
-            top.plot(curve["eps"], curve["w1"], color=colour, ls="-", label=f"$w_1$ {label}")
-            top.plot(curve["eps"], curve["w2"], color=colour, ls="--", label=f"$w_2$ {label}")
+            top.plot(curve["eps"], curve["w1"], color=colour, ls="-")
+            top.plot(curve["eps"], curve["w2"], color=colour, ls="--")
             bottom.plot(curve["eps"], finite(curve["ratio"]), color=colour, label=label)
             threshold = curve["eps0"].iloc[0] if alpha == 0 else curve["eps1"].iloc[0]
             if threshold is not None and np.isfinite(float(threshold)):
@@ -89,8 +94,13 @@ def weights_vs_eps(sources: Sources, out: Path) -> list[Path]:
         top.set_ylabel("optimal weight")
         bottom.set_ylabel("$w_2 / w_1$")
         bottom.set_xlabel("$\\epsilon$ (input units)")
-    axes[0, 0].legend(loc="best")
-    axes[1, 0].legend(loc="best")
+    from matplotlib.lines import Line2D
+
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--"),
+                Line2D([], [], color="0.3", ls=":")]
+    labels += ["$w_1$ (top)", "$w_2$ (top)", "threshold $\\epsilon_0$ / $\\epsilon_1$"]
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4)
     fig.suptitle(f"Optimal weights of the tied model ({origin})", fontsize=9)
     return style.save(fig, out, "theory_weights")
 
@@ -106,15 +116,21 @@ def cas_vs_eps(sources: Sources, out: Path) -> list[Path]:
         for alpha, curve in group.groupby("alpha"):
             curve = curve.sort_values("eps")
             label = "AT" if alpha == 0 else f"AT + LS $\\alpha$={alpha:g}"
-            ax.plot(curve["eps"], finite(curve["cas"]), color=colours[alpha], label=f"{label}, clean")
-            if "cas_adv" in curve and np.isfinite(finite(curve["cas_adv"])).any():
-                ax.plot(curve["eps"], finite(curve["cas_adv"]), color=colours[alpha], ls="--",
-                        label=f"{label}, adversarial")
+            # CAS is undefined at the zero model (no attribution direction): leave those eps out
+            zero = np.maximum(np.abs(finite(curve["w1"])), np.abs(finite(curve["w2"]))) < ZERO_WEIGHT
+            clean = np.where(zero, np.nan, finite(curve["cas"]))
+            ax.plot(curve["eps"], clean, color=colours[alpha], label=label)
+            if "cas_adv" in curve:
+                adversarial = np.where(zero, np.nan, finite(curve["cas_adv"]))
+                if not np.allclose(adversarial, clean, equal_nan=True):  # l_inf on this world: identical
+                    ax.plot(curve["eps"], adversarial, color=colours[alpha], ls="--", label=f"{label}, adversarial")
         ax.set_title(_form_label(key))
         ax.set_xlabel("$\\epsilon$ (input units)")
     axes[0, 0].set_ylabel("population CAS")
-    axes[0, 0].legend(loc="best")
-    fig.suptitle(f"CAS of the optimal tied model ({origin})", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)))
+    fig.suptitle(f"CAS of the optimal tied model ({origin}; solid: clean inputs, dashed: adversarial where "
+                 "it differs)", fontsize=9)
     return style.save(fig, out, "theory_cas")
 
 
@@ -142,5 +158,6 @@ def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
         ax.set_xlabel("$w_2 / w_1$")
         ax.set_ylabel("robust accuracy")
         ax.set_title(f"{world['preset']}, $\\mu$={world['mu']:g}, $\\sigma$={world['sigma']:g}, {norm}")
-    axes[0, 0].legend(loc="best")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08))
     return style.save(fig, out, "claim2_accuracy")

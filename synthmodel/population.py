@@ -801,7 +801,9 @@ THEORY_PARAMS: dict[str, tuple] = {
     "weights": tuple(WEIGHTS),
     "weight_decay": ("float", 0.0, math.inf),  # [0, inf); > 0 for weights='weight-decay'
 }
-_DEFAULTS = {"alpha": 0.0, "attack": "logitwise", "norm": "linf", "weights": "unconstrained", "weight_decay": 0.0}
+THEORY_DEFAULTS = {"alpha": 0.0, "attack": "logitwise", "norm": "linf", "weights": "unconstrained",
+                   "weight_decay": 0.0}  # what theory_point assumes for a key a grid leaves out
+_DEFAULTS = THEORY_DEFAULTS
 
 
 def _check_params(params: dict) -> dict:
