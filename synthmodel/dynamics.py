@@ -54,7 +54,7 @@ from . import attacks as atk
 from .attribution import attribution
 from .models import build_model
 from .sample import derive_seed, sample
-from .train import DTYPES, TrainConfig, TrainResult, build_world, train
+from .train import DTYPES, TrainConfig, TrainResult, build_world, finite_or_none, train
 
 __all__ = ["SETUP", "EXPERIMENTS", "TEACHER_SOURCES", "EXPERIMENT_SEEDS", "EPS_GRID", "SOFT_VARIANTS", "STUDIES",
            "experiment_points", "all_points", "point_config", "run_point", "run_point_with_history", "run_dynamics",
@@ -253,24 +253,13 @@ def results_row(result: TrainResult, teacher_result: TrainResult | None = None) 
         row.update(w1_best=best["w1"], w2_best=best["w2"], w1_last=last["w1"], w2_last=last["w2"])
     # NaN is not JSON: the history text writes it as null (CAS of an all-zero model is NaN)
     if "class_matrix" in last:
-        row["class_matrix_best"] = json.dumps(_json_safe(best["class_matrix"]))
-        row["class_matrix_last"] = json.dumps(_json_safe(last["class_matrix"]))
+        row["class_matrix_best"] = json.dumps(finite_or_none(best["class_matrix"]))
+        row["class_matrix_last"] = json.dumps(finite_or_none(last["class_matrix"]))
     row["variant"] = variant_of({"teacher_from": "none" if teacher_result is None else "at_best",
                                  "label_smoothing": result.config.label_smoothing})
-    row["history"] = json.dumps([_json_safe({k: v for k, v in record.items() if k != "class_matrix"})
+    row["history"] = json.dumps([finite_or_none({k: v for k, v in record.items() if k != "class_matrix"})
                                  for record in history])
     return row
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN / inf -> None, recursively (standard JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def run_point(params: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +275,7 @@ def run_point_with_history(params: dict[str, Any]) -> dict[str, Any]:
     the one non-scalar entry the sweep runner's store accepts (its ``HISTORY_KEY``)."""
     result, teacher_result = run_dynamics(params)
     row = results_row(result, teacher_result)
-    row["_history"] = _json_safe(result.history)
+    row["_history"] = finite_or_none(result.history)
     return row
 
 

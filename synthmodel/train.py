@@ -187,18 +187,18 @@ class TrainResult:
         return {key: last[renamed.get(key, key)] for key in keys}
 
     def to_json(self) -> dict[str, Any]:
-        return _finite_or_none({"config": self.config.to_dict(), "final": self.final, "best_epoch": self.best_epoch,
+        return finite_or_none({"config": self.config.to_dict(), "final": self.final, "best_epoch": self.best_epoch,
                                 "history": self.history})
 
 
-def _finite_or_none(obj: Any) -> Any:
-    """NaN/inf -> None so the JSON is standard."""
+def finite_or_none(obj: Any) -> Any:
+    """NaN/inf -> None, recursively through dicts and lists, so the JSON is standard."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     return obj
 
 
