@@ -48,5 +48,6 @@ def render_store(out_dir: str | Path) -> Path:
     """The sweep's hook: the figures of one store into ``<out_dir>/figures``."""
     out_dir = Path(out_dir)
     target = out_dir / "figures"
-    render(Sources(stores=discover_stores(out_dir)), target, log=lambda line: print(line, file=sys.stderr))
+    render(Sources(stores=discover_stores(out_dir), compute_missing=False), target,
+           log=lambda line: print(line, file=sys.stderr))
     return target

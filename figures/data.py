@@ -37,10 +37,13 @@ class Sources:
     Attributes:
         stores: sweep output folders (``python -m synthmodel.sweep --out DIR``).
         real: folders written by ``python -m real_data.cas --out DIR`` (``cas.csv``, ``matrix_*.csv``).
+        compute_missing: theory figures without theory points compute the paper's world instead of being
+            skipped (``python -m figures``); a sweep's own figures render only what its store holds.
     """
 
     stores: list[Path] = field(default_factory=list)
     real: list[Path] = field(default_factory=list)
+    compute_missing: bool = True  # compute theory figures with the population engine when no store has them
     notices: list[str] = field(default_factory=list)
 
     @cached_property

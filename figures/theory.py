@@ -50,8 +50,10 @@ def theory_frame(sources: Sources) -> tuple[pd.DataFrame, str]:
         for key, default in THEORY_DEFAULTS.items():  # keys a grid left out took the engine's defaults
             frame[key] = frame[key].fillna(default) if key in frame else default
         return frame, "sweep store"
+    if not sources.compute_missing:
+        raise MissingData("no theory points in the stores (run python -m synthmodel.sweep --preset paper-theory)")
     try:
-        eps = np.linspace(0.0, 0.49, 50) * DEFAULT_WORLD["mu"]
+        eps = np.linspace(0.0, 0.48, 25) * DEFAULT_WORLD["mu"]
         return compute_theory(DEFAULT_WORLD, DEFAULT_FORMS, DEFAULT_ALPHAS, eps), "population engine (no theory store)"
     except ImportError as exc:  # pragma: no cover - the engine ships with the package
         raise MissingData(f"no theory points in the stores and no population engine ({exc})") from None
@@ -139,6 +141,8 @@ def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
     from synthmodel import population as pop
 
     frame = sources.kind("theory")
+    if frame.empty and not sources.compute_missing:
+        raise MissingData("no theory points in the stores (run python -m synthmodel.sweep --preset paper-theory)")
     world = dict(DEFAULT_WORLD)
     if not frame.empty:
         first = frame.iloc[0]
