@@ -3,6 +3,7 @@ from the best to the last epoch against eps, and AT against its soft-label varia
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -53,111 +54,131 @@ def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     return pd.DataFrame(rows), histories
 
 
-def _setting_columns(table: pd.DataFrame) -> list[str]:
-    """Parameters (keys of the points' kinds, not results) that vary between points, other than the seed."""
-    from synthmodel.sweep.kinds import get_kind
-
-    params: set[str] = set()
-    for kind in table["kind"].dropna().unique():
-        params |= set(get_kind(kind).table())
-    columns = []
-    for column in table.columns:
-        if column not in params or column in SEED_KEYS or column == "experiment":
-            continue
-        values = table[column].map(lambda v: v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
-        if values.nunique(dropna=False) > 1:
-            columns.append(column)
-    return columns
+MAX_STUDIES = 4    # rows / columns of panels
+MAX_LINES = 6      # eps curves per study
 
 
-def _label(row: pd.Series, columns: list[str]) -> str:
-    return ", ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in columns) or "all"
+def _study(point: pd.Series) -> str:
+    """World and model of a point: the unit the experiments compare within (docs/EXPERIMENTS.md)."""
+    model = str(point.get("model", "?"))
+    hidden = point.get("hidden")
+    if model == "mlp" and isinstance(hidden, str):
+        model += hidden.replace(" ", "")
+    return f"{point.get('preset', '?')} {model}"
+
+
+def _with_studies(table: pd.DataFrame) -> pd.DataFrame:
+    return table.assign(study=table.apply(_study, axis=1))
+
+
+def _mean_history(histories: dict[str, pd.DataFrame], hashes) -> tuple[pd.DataFrame, pd.DataFrame | None, int]:
+    frames = [histories[h].set_index("epoch")[["cas", "test_robust_acc"]].astype(float) for h in hashes]
+    joined = pd.concat(frames).groupby(level=0)
+    return joined.mean(), (joined.std() if len(frames) > 1 else None), len(frames)
 
 
 def curves(sources: Sources, out: Path) -> list[Path]:
-    """Mean (over seeds) CAS and test robust accuracy against epoch per setting; the best epoch marked."""
+    """Per study: mean (over seeds) CAS and test robust accuracy against epoch, one line per eps (plain AT
+    or the only variant present), band = 1 s.d., best epoch starred."""
     table, histories = run_table(sources)
-    if "experiment" in table:
-        chosen = table[table["experiment"].astype(str).str.contains("epoch")]
-        table = chosen if not chosen.empty else table
-    columns = _setting_columns(table)
-    groups = list(table.groupby(columns, dropna=False, sort=True)) if columns else [((), table)]
-    groups = groups[: len(style.PALETTE)]
-    fig, axes = style.figure(ncols=2, width=3.4, height=2.6)
-    for i, (_, group) in enumerate(groups):
-        frames = [histories[h].set_index("epoch")[["cas", "test_robust_acc"]].astype(float) for h in group["hash"]]
-        mean = pd.concat(frames).groupby(level=0).mean()
-        spread = pd.concat(frames).groupby(level=0).std() if len(frames) > 1 else None
-        label = _label(group.iloc[0], columns) + (f" (n={len(frames)})" if len(frames) > 1 else "")
-        colour = style.PALETTE[i]
-        best = mean["test_robust_acc"].idxmax()
-        for ax, key in ((axes[0, 0], "cas"), (axes[0, 1], "test_robust_acc")):
-            ax.plot(mean.index, mean[key], color=colour, label=label)
-            if spread is not None:
-                ax.fill_between(mean.index, mean[key] - spread[key], mean[key] + spread[key], color=colour, alpha=0.15)
-            ax.plot([best], [mean.loc[best, key]], marker="*", ms=9, color=colour, mec="black", mew=0.5)
-    axes[0, 0].set_ylabel("CAS (adversarial test inputs)")
-    axes[0, 1].set_ylabel("test robust accuracy")
-    for ax in axes[0]:
+    table = _with_studies(table)
+    plain = table[table["variant"] == "AT"]
+    table = plain if not plain.empty else table
+    studies = sorted(table["study"].unique())[:MAX_STUDIES]
+    fig, axes = style.figure(ncols=2, nrows=len(studies), width=3.3, height=2.3)
+    for row, study in enumerate(studies):
+        group = table[table["study"] == study]
+        eps_values = sorted(group["eps"].unique())[:MAX_LINES] if "eps" in group else [None]
+        for i, eps in enumerate(eps_values):
+            members = group if eps is None else group[group["eps"] == eps]
+            mean, spread, n = _mean_history(histories, members["hash"])
+            colour = style.PALETTE[i % len(style.PALETTE)]
+            best = mean["test_robust_acc"].idxmax()
+            label = ("all" if eps is None else f"$\\epsilon$={eps:g}") + f" (n={n})"
+            for ax, key in ((axes[row, 0], "cas"), (axes[row, 1], "test_robust_acc")):
+                ax.plot(mean.index, mean[key], color=colour, lw=1.2, label=label)
+                if spread is not None:
+                    ax.fill_between(mean.index, mean[key] - spread[key], mean[key] + spread[key], color=colour,
+                                    alpha=0.12, lw=0)
+                ax.plot([best], [mean.loc[best, key]], marker="*", ms=8, color=colour, mec="black", mew=0.5)
+        axes[row, 0].set_ylabel(f"{study}\nCAS (adv. test inputs)")
+        axes[row, 1].set_ylabel("test robust accuracy")
+        axes[row, 1].legend(loc="best", fontsize=6.5)
+    for ax in axes[-1]:
         ax.set_xlabel("epoch")
-    handles, labels = axes[0, 1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
-               title="$\\star$ = best epoch (highest mean test robust accuracy)", title_fontsize=7)
-    fig.suptitle("Training dynamics (mean over seeds, band = 1 s.d.)", fontsize=9)
+    fig.suptitle("AT dynamics per study (mean over seeds, band 1 s.d., $\\star$ best epoch)", fontsize=9)
     return style.save(fig, out, "dynamics_curves")
 
 
 def cas_drop(sources: Sources, out: Path) -> list[Path]:
-    """CAS(best) - CAS(last) and robust accuracy (best, last) against the training eps, per variant."""
+    """Per study: CAS(best) - CAS(last) (top) and test robust accuracy at best and last (bottom) against the
+    training eps, one line per variant."""
     table, _ = run_table(sources)
-    if "experiment" in table:
-        chosen = table[table["experiment"].astype(str).str.contains("eps")]
-        table = chosen if not chosen.empty else table
+    table = _with_studies(table)
     if "eps" not in table or table["eps"].nunique() < 2:
         raise MissingData("training points at fewer than two eps values")
     table = table.assign(cas_drop=table["cas_best"] - table["cas_last"])
-    fig, axes = style.figure(ncols=2, width=3.4, height=2.6)
-    for i, (variant, group) in enumerate(table.groupby("variant", sort=True)):
-        stats = group.groupby("eps").agg(drop=("cas_drop", "mean"), drop_sd=("cas_drop", "std"),
-                                         best=("robust_best", "mean"), last=("robust_last", "mean"))
-        colour = style.PALETTE[i % len(style.PALETTE)]
-        axes[0, 0].errorbar(stats.index, stats["drop"], yerr=stats["drop_sd"].fillna(0), color=colour,
-                            marker=style.MARKERS[i % len(style.MARKERS)], ms=4, capsize=2, label=variant)
-        axes[0, 1].plot(stats.index, stats["best"], color=colour, marker="o", ms=3, label=f"{variant}, best")
-        axes[0, 1].plot(stats.index, stats["last"], color=colour, marker="s", ms=3, ls="--", label=f"{variant}, last")
-    axes[0, 0].axhline(0, color="0.5", lw=0.6)
+    counts = table.groupby("study")["eps"].nunique()
+    studies = sorted(counts[counts >= 2].index)[:MAX_STUDIES]
+    fig, axes = style.figure(ncols=len(studies), nrows=2, width=2.9, height=2.3, sharex="col")
+    variants = sorted(table["variant"].unique())
+    for col, study in enumerate(studies):
+        group = table[table["study"] == study]
+        for i, variant in enumerate(variants):
+            rows = group[group["variant"] == variant]
+            if rows.empty:
+                continue
+            stats = rows.groupby("eps").agg(drop=("cas_drop", "mean"), drop_sd=("cas_drop", "std"),
+                                            best=("robust_best", "mean"), last=("robust_last", "mean"))
+            colour, marker = style.PALETTE[i % len(style.PALETTE)], style.MARKERS[i % len(style.MARKERS)]
+            axes[0, col].errorbar(stats.index, stats["drop"], yerr=stats["drop_sd"].fillna(0), color=colour,
+                                  marker=marker, ms=4, capsize=2, label=variant)
+            axes[1, col].plot(stats.index, stats["best"], color=colour, marker=marker, ms=3, label=f"{variant}, best")
+            axes[1, col].plot(stats.index, stats["last"], color=colour, marker=marker, ms=3, ls="--",
+                              mfc="white", label=f"{variant}, last")
+        axes[0, col].axhline(0, color="0.5", lw=0.6)
+        axes[0, col].set_title(study)
+        axes[1, col].set_xlabel("training $\\epsilon$ (input units)")
     axes[0, 0].set_ylabel("CAS(best) $-$ CAS(last)")
-    axes[0, 1].set_ylabel("test robust accuracy")
-    for ax in axes[0]:
-        ax.set_xlabel("training $\\epsilon$ (input units)")
-        ax.legend(loc="best")
-    fig.suptitle("CAS drop and robust overfitting against eps (mean $\\pm$ 1 s.d. over seeds)", fontsize=9)
+    axes[1, 0].set_ylabel("test robust accuracy")
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)))
+    fig.suptitle("CAS drop and robust overfitting against eps (mean $\\pm$ 1 s.d. over seeds; solid best, "
+                 "dashed last epoch)", fontsize=9)
     return style.save(fig, out, "dynamics_cas_drop")
 
 
 def soft_labels(sources: Sources, out: Path) -> list[Path]:
-    """CAS gap and overfitting gap of AT against its soft-label variants (bars: mean, whiskers: s.d.)."""
+    """Per study and eps where several variants ran: CAS gap, robust-overfitting gap and last-epoch CAS of
+    AT and its soft-label variants (bars: mean, whiskers: 1 s.d. over seeds)."""
     table, _ = run_table(sources)
-    if "experiment" in table:
-        chosen = table[table["experiment"].astype(str).str.contains("soft")]
-        table = chosen if not chosen.empty else table
-    if table["variant"].nunique() < 2:
-        raise MissingData("training points of only one variant (need AT and a soft-label variant)")
+    table = _with_studies(table)
+    table = table.assign(setting=table["study"] + (", $\\epsilon$=" + table["eps"].map("{:g}".format)
+                                                   if "eps" in table else ""))
+    variety = table.groupby("setting")["variant"].nunique()
+    settings = sorted(variety[variety >= 2].index)[:MAX_STUDIES]
+    if not settings:
+        raise MissingData("no setting trained with two or more variants (need AT and a soft-label variant)")
+    table = table[table["setting"].isin(settings)]
     table = table.assign(cas_gap=table["cas_best"] - table["cas_last"],
                          overfit_gap=table["robust_best"] - table["robust_last"])
-    stats = table.groupby("variant").agg(cas_gap=("cas_gap", "mean"), cas_sd=("cas_gap", "std"),
-                                         overfit_gap=("overfit_gap", "mean"), overfit_sd=("overfit_gap", "std"),
-                                         cas_last=("cas_last", "mean"), n=("cas_gap", "size"))
-    fig, axes = style.figure(ncols=3, width=2.5, height=2.6)
-    x = np.arange(len(stats))
-    colours = [style.PALETTE[i % len(style.PALETTE)] for i in range(len(stats))]
-    for ax, (key, sd, ylabel) in zip(axes[0], (("cas_gap", "cas_sd", "CAS(best) $-$ CAS(last)"),
-                                               ("overfit_gap", "overfit_sd", "robust acc. best $-$ last"),
-                                               ("cas_last", None, "CAS at the last epoch"))):
-        ax.bar(x, stats[key], yerr=None if sd is None else stats[sd].fillna(0), color=colours, capsize=3)
+    variants = sorted(table["variant"].unique())
+    fig, axes = style.figure(ncols=3, width=2.8, height=2.6)
+    width = 0.8 / len(variants)
+    x = np.arange(len(settings))
+    panels = (("cas_gap", "CAS(best) $-$ CAS(last)"), ("overfit_gap", "robust acc. best $-$ last"),
+              ("cas_last", "CAS at the last epoch"))
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        for i, variant in enumerate(variants):
+            stats = table[table["variant"] == variant].groupby("setting")[key].agg(["mean", "std", "size"])
+            stats = stats.reindex(settings)
+            ax.bar(x + (i - (len(variants) - 1) / 2) * width, stats["mean"], width, yerr=stats["std"].fillna(0),
+                   color=style.PALETTE[i % len(style.PALETTE)], capsize=2, label=variant)
         ax.set_xticks(x)
-        ax.set_xticklabels([f"{v}\n(n={n})" for v, n in zip(stats.index, stats["n"])], fontsize=7)
+        ax.set_xticklabels([textwrap.fill(setting, 14) for setting in settings], fontsize=6.5)
         ax.set_ylabel(ylabel)
         ax.axhline(0, color="0.5", lw=0.6)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels))
     fig.suptitle("AT and soft labels (mean, whiskers 1 s.d. over seeds)", fontsize=9)
     return style.save(fig, out, "dynamics_soft_labels")
