@@ -6,12 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from synthmodel.cli import ArgumentParser
+
 from . import FIGURES, render
 from .data import Sources, discover_stores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m figures",
+    p = ArgumentParser(prog="python -m figures",
                                 description="Regenerate every figure (PNG and PDF) from sweep stores and real-data CAS "
                                             "folders; figures whose data is absent are skipped with a notice.")
     p.add_argument("--out", default="results/figures", help="output folder (default %(default)s)")

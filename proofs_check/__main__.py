@@ -7,6 +7,7 @@ import json
 import math
 import sys
 
+from synthmodel.cli import ArgumentParser
 from synthmodel.population import WEIGHTS, world_from
 
 from .claims import check_claim2, check_formalisation, formalisations
@@ -14,7 +15,7 @@ from .derivations import first_order_condition, worst_case
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m proofs_check",
+    p = ArgumentParser(prog="python -m proofs_check",
                                 description="Verdicts on the paper's claims 1-3 per formalisation (attack, norm, "
                                             "weight constraint), computed by the exact population engine.")
     p.add_argument("--preset", default="paper3", help="paper3 | all-but-one-K (K = 3 or 4)")

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from synthmodel.attacks import Norm
+from synthmodel.cli import ArgumentParser
 from synthmodel.sample import derive_seed
 
 from .data import ImageData, load_dataset
@@ -91,7 +92,7 @@ def plot_heatmaps(matrices: list[np.ndarray], titles: list[str], path: Path) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m real_data.cas",
+    p = ArgumentParser(prog="python -m real_data.cas",
                                 description="Clean accuracy, PGD robust accuracy, class matrix C and CAS of each "
                                             "checkpoint on the full test split.")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE",

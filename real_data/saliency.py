@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from synthmodel.attacks import preserve_mode
+from synthmodel.cli import ArgumentParser
 
 from .data import ImageData, load_dataset, to_float
 from .models import ARCHS, ImageClassifier
@@ -88,7 +89,7 @@ def saliency_grid(models: list[ImageClassifier], names: list[str], data: ImageDa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m real_data.saliency",
+    p = ArgumentParser(prog="python -m real_data.saliency",
                                 description="Grad-CAM maps of chosen test images under each checkpoint (e.g. best "
                                             "vs last), as one PNG grid.")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE")

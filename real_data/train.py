@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from synthmodel.attacks import Norm, pgd, preserve_mode
+from synthmodel.cli import ArgumentParser
 from synthmodel.losses import check_alpha, robust_objective, trades_attack_loss, trades_loss
 from synthmodel.sample import derive_seed
 
@@ -435,7 +436,7 @@ def train(config: TrainConfig, out: str | Path, *, device: str = "auto", resume:
 # -- CLI ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(dataset="")
-    p = argparse.ArgumentParser(prog="python -m real_data.train",
+    p = ArgumentParser(prog="python -m real_data.train",
                                 description="Adversarial training on CIFAR-10/100 or an .npz image set with the "
                                             "paper's official recipe as the default; per-epoch PGD-20 test "
                                             "evaluation, CSV log, best/last/every-k checkpoints, resumable.")

@@ -52,6 +52,7 @@ import torch
 
 from . import attacks as atk
 from .attribution import attribution
+from .cli import ArgumentParser
 from .models import build_model
 from .sample import derive_seed, sample
 from .train import DTYPES, TrainConfig, TrainResult, build_world, finite_or_none, train
@@ -443,7 +444,7 @@ def _run_with_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m synthmodel.dynamics",
+    p = ArgumentParser(prog="python -m synthmodel.dynamics",
                                 description="Run the training-dynamics experiments (AT per epoch, CAS drop over "
                                             "eps, soft labels) with a local process pool and write results.csv "
                                             "and tables.md.")

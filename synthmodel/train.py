@@ -42,6 +42,7 @@ from torch import nn
 
 from . import attacks as atk
 from .attribution import attribution
+from .cli import ArgumentParser
 from .losses import check_alpha, robust_objective, soft_targets, trades_attack_loss, trades_loss
 from .models import MODELS, TiedLinear, build_model, is_linear_model
 from .sample import derive_seed, sample
@@ -452,7 +453,7 @@ def _bool(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m synthmodel.train",
+    p = ArgumentParser(prog="python -m synthmodel.train",
                                 description="Train one model in the synthetic cross-class world and report "
                                             "clean/robust accuracy, CAS and (tied model) w1, w2 per epoch.")
     g = p.add_argument_group("world")

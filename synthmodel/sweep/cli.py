@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import ArgumentParser
 from .grid import PRESETS, Grid, load_grid, preset_grid
 from .kinds import KINDS
 from .runner import EXECUTORS, run_sweep
@@ -59,7 +60,7 @@ def render_figures(out_dir: Path) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m synthmodel.sweep",
         description="Run a parameter sweep (a preset or a TOML grid) into a resumable SQLite store: finished "
                     "points are never recomputed, a killed sweep resumes where it stopped. Grid format and store "
