@@ -106,6 +106,11 @@ class _Ensemble:
                         member.head.bias.copy_(self.bias[e])
 
 
+def _world_key(config: TrainConfig) -> tuple:
+    """The settings :func:`synthmodel.train.build_world` reads."""
+    return config.preset, config.k, config.mu, config.sigma, config.noise_dims
+
+
 def _col(values: Sequence[float], dtype: torch.dtype, ndim: int) -> torch.Tensor:
     """Per-member scalars shaped (E, 1, ..., 1) with ``ndim`` dims in all."""
     return torch.tensor(list(values), dtype=dtype).view(-1, *([1] * (ndim - 1)))
@@ -130,20 +135,20 @@ def _pgd(ens: _Ensemble, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
     active = [e > 0 for e in eps]
     if not any(active):
         return x.clone()
-    delta = torch.zeros_like(x)
-    if random_start:
-        for m, gen in enumerate(generators):
-            if active[m]:  # eps = 0 members draw nothing, as pgd returns at once
-                delta[m] = atk.random_start_delta(x[m], eps[m], norm, gen)
     # Work in the layout (E, d, N): the logits come out as (E, K, N), so the softmax reduces across K rows of
     # contiguous samples instead of along a last dimension of size K = 3, and both bmm's run several times
     # faster than with (E, N, d) inputs (measured). Elementwise steps give the same numbers in any layout.
-    x_t, delta_t = x.transpose(1, 2).contiguous(), delta.transpose(1, 2).contiguous()
+    x_t = x.transpose(1, 2).contiguous()  # no copy when x is already a transposed view of such a tensor
+    delta_t = torch.zeros_like(x_t)
+    if random_start:
+        for m, gen in enumerate(generators):
+            if active[m]:  # eps = 0 members draw nothing, as pgd returns at once
+                delta_t[m].copy_(atk.random_start_delta(x[m], eps[m], norm, gen).T)
     weight = ens.head_weight().detach()                               # (E, K, d)
     weight_t = weight.transpose(1, 2).contiguous()                    # (E, d, K)
     bias = None if ens.tied or ens.bias is None else ens.bias.detach()[:, :, None]   # (E, K, 1)
     n_members, n_classes = weight.shape[:2]
-    onehot = F.one_hot(y, n_classes).to(x.dtype).transpose(1, 2).contiguous()        # (E, K, N)
+    onehot = torch.zeros(n_members, n_classes, x.shape[1], dtype=x.dtype).scatter_(1, y[:, None, :], 1.0)  # (E,K,N)
     eps_t, step_t = _col(eps, x.dtype, 3), _col(step_sizes, x.dtype, 3)
     neg_eps_t = -eps_t
     # preallocated buffers, reused by every step
@@ -190,19 +195,33 @@ class _BatchedTrainer:
         c = self.c = configs[0]
         self.dtype = DTYPES[c.dtype]
         self.norm = atk.Norm(c.norm)
-        worlds = [build_world(cfg) for cfg in configs]
-        train = [sample(w, cfg.n_train, derive_seed(cfg.seed, "train"), dtype=self.dtype)
-                 for w, cfg in zip(worlds, configs, strict=True)]
-        test = [sample(w, cfg.n_test, derive_seed(cfg.seed, "test"), dtype=self.dtype)
-                for w, cfg in zip(worlds, configs, strict=True)]
-        self.x_train, self.y_train = torch.stack([t[0] for t in train]), torch.stack([t[1] for t in train])
-        self.x_test, self.y_test = torch.stack([t[0] for t in test]), torch.stack([t[1] for t in test])
+        # members of one world and seed (e.g. an eps scan) share their world and data: build and draw them once
+        # (deterministic, so the same tensors as drawing per member)
+        world_memo: dict[tuple, Any] = {}
+        for cfg in configs:
+            if _world_key(cfg) not in world_memo:
+                world_memo[_world_key(cfg)] = build_world(cfg)
+        worlds = [world_memo[_world_key(cfg)] for cfg in configs]
+        self.x_train, self.y_train = self._draw(worlds, "n_train", "train")
+        self.x_test, self.y_test = self._draw(worlds, "n_test", "test")
         self.ens = _Ensemble(configs, worlds, self.dtype)
         self.eps = [cfg.eps for cfg in configs]
         self.eps_t = _col(self.eps, self.dtype, 3)
         self.alpha = [cfg.label_smoothing for cfg in configs]
         self.attack_gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "attack")) for cfg in configs]
         self.shuffle_gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "shuffle")) for cfg in configs]
+
+    def _draw(self, worlds: list, size: str, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's :func:`synthmodel.sample.sample` of ``size`` samples (config field) and seed label,
+        stacked: x (E, N, d), y (E, N); x is a transposed view of a contiguous (E, d, N) tensor, the layout
+        :func:`_pgd` works in."""
+        memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        for world, cfg in zip(worlds, self.configs, strict=True):
+            key = (_world_key(cfg), cfg.seed)
+            if key not in memo:
+                memo[key] = sample(world, getattr(cfg, size), derive_seed(cfg.seed, label), dtype=self.dtype)
+        drawn = [memo[(_world_key(cfg), cfg.seed)] for cfg in self.configs]
+        return torch.stack([x.T for x, _ in drawn]).transpose(1, 2), torch.stack([y for _, y in drawn])
 
     def _targets(self, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
         """Label-smoothed targets (E, N, K) as losses.label_smoothing_targets, or None when all alpha = 0."""
@@ -260,7 +279,8 @@ class _BatchedTrainer:
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, epoch: int, with_cas: bool) -> list[dict[str, Any]]:
         """Per member, as _Trainer._evaluate: batched PGD, exact robust accuracy and batched CAS."""
         c = self.c
-        gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "eval", epoch, x.shape[1])) for cfg in self.configs]
+        seeds = {seed: derive_seed(seed, "eval", epoch, x.shape[1]) for seed in {cfg.seed for cfg in self.configs}}
+        gens = [torch.Generator().manual_seed(seeds[cfg.seed]) for cfg in self.configs]
         x_adv = _pgd(self.ens, x, y, self.eps, self.norm, c.eval_steps, [e / 4 for e in self.eps], True, gens)
         with torch.no_grad():
             logits = self.ens.logits(x)
