@@ -151,16 +151,15 @@ def _pgd(ens: _Ensemble, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
     onehot = torch.zeros(n_members, n_classes, x.shape[1], dtype=x.dtype).scatter_(1, y[:, None, :], 1.0)  # (E,K,N)
     eps_t, step_t = _col(eps, x.dtype, 3), _col(step_sizes, x.dtype, 3)
     neg_eps_t = -eps_t
+    # the logits are affine in delta: W (x + delta) + b = (W x + b) + W delta, with W x + b computed once per attack
+    # (equal to the loop's logits up to float rounding)
+    clean_logits = torch.bmm(weight, x_t) if bias is None else torch.baddbmm(bias, weight, x_t)  # (E, K, N)
     # preallocated buffers, reused by every step
-    x_adv, grad = torch.empty_like(x_t), torch.empty_like(x_t)        # (E, d, N)
-    z = torch.empty(n_members, n_classes, x.shape[1], dtype=x.dtype)  # (E, K, N)
+    grad = torch.empty_like(x_t)                                      # (E, d, N)
+    z = torch.empty_like(clean_logits)                                # (E, K, N)
     top, total = torch.empty_like(z[:, :1]), torch.empty_like(z[:, :1])
     for _ in range(steps):
-        torch.add(x_t, delta_t, out=x_adv)
-        if bias is None:
-            torch.bmm(weight, x_adv, out=z)
-        else:
-            torch.baddbmm(bias, weight, x_adv, out=z)
+        torch.baddbmm(clean_logits, weight, delta_t, out=z)
         # input gradient of the summed cross-entropy of a linear model: W^T (softmax(z) - onehot(y)) per sample
         # (softmax written out: torch.softmax is slow across a dimension of size K = 3)
         torch.amax(z, dim=1, keepdim=True, out=top)
@@ -177,7 +176,7 @@ def _pgd(ens: _Ensemble, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
             grad_norm = grad.norm(p=2, dim=1, keepdim=True).clamp_min_(1e-30)
             delta_t.add_(grad.mul_(step_t).div_(grad_norm))
             delta_t.mul_((eps_t / delta_t.norm(p=2, dim=1, keepdim=True).clamp_min_(1e-30)).clamp_(max=1.0))
-    return torch.add(x_t, delta_t, out=x_adv).transpose(1, 2)
+    return torch.add(x_t, delta_t, out=grad).transpose(1, 2)  # x + delta, as pgd returns it
 
 
 class _BatchedTrainer:
