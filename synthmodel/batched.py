@@ -7,7 +7,10 @@ it uses the same data (:func:`synthmodel.sample.sample` with the same derived se
 initialisation (:func:`synthmodel.models.build_model`), the same shuffling, PGD random starts and
 evaluation generators, the same PGD steps and projections, the same SGD update (written with
 ``addcmul`` so that the fused multiply-add of ``torch.optim.SGD`` is reproduced) and the same step
-schedule. Evaluation calls the foundation's exact robust accuracy and CAS on each member's model.
+schedule. PGD (training and evaluation) uses the closed-form input gradient of a linear model's
+cross-entropy for all members at once. Evaluation computes the exact robust accuracy of
+:func:`synthmodel.attacks.linear_worst_margins` and CAS with the foundation's
+:class:`synthmodel.attribution.AttributionAccumulator` (ensemble dimension) for all members at once.
 
 Not bit-identical to the one-at-a-time loop: batched matrix products (``bmm``) and per-member
 reductions may sum in a different order than their unbatched counterparts, so results agree to
