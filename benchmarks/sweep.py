@@ -1,14 +1,17 @@
 """Sweep speed: batched vs one-at-a-time AT runs, and the per-point overhead of store + executor.
 
-Measured (2-core shared CPU of the dev machine, torch 2.13 CPU, OMP_NUM_THREADS=1; command below):
+Measured (2-core shared AMD EPYC dev machine, torch 2.13 CPU, OMP_NUM_THREADS=1, other jobs running: load 2-3.5;
+command below):
     256 AT runs, 5 epochs, n_train = n_test = 256, batch 128, PGD-10 train / PGD-20 eval, 10 noise dims:
-      tied model:   loop 29.1 s, batched 2.9 s -> 10.0x  (``--model tied``)
-      linear model: loop 19.6 s, batched 3.1 s ->  6.3x  (default ``--model linear``; below the 10x target)
-    The batched results equal the loop's (largest robust-accuracy difference 0 in float32). The machine is
-    shared, so absolute times vary run to run (the same linear loop took 33 s under heavier load); the ratio
-    is measured in one process. Batched time is now dominated by the evaluation PGD (20 steps on train and
-    test sets each epoch), which is compute the loop does too; the loop's extra is Python/dispatch overhead.
-    2000 trivial points through the store: 0.07 ms/point inline (--workers 1); 1.9-2.3 ms/point with a
+      linear model: loop 17.8 s, batched 1.1 s -> 16.6x  (default ``--model linear``; 3 runs: 11.9x-16.6x)
+      tied model:   loop 32.4 s, batched 2.5 s -> 13.0x  (``--model tied``; 2 runs: 13.0x, 16.1x)
+    Before the evaluation was batched too (commit c9b074c, same session and load): linear 5.9x (loop 16.3 s,
+    batched 2.8 s). The batched results equal the loop's (largest robust-accuracy difference 0 in float32). The
+    machine is shared, so absolute times vary run to run (the loop took 16-26 s); the ratio is measured in one
+    process. What is left of the batched time is mostly the PGD arithmetic itself (two small-K bmm's per step,
+    20 eval steps on train and test sets each epoch), the per-member random starts (each member has its own
+    generator, as in the loop) and building the member modules; the loop's extra is Python/autograd overhead.
+    2000 trivial points through the store: 0.06 ms/point inline (--workers 1); 1.85-2.0 ms/point with a
     2-process spawn pool, start-up included (target < 5 ms).
 
 Command: ``OMP_NUM_THREADS=1 python benchmarks/sweep.py`` (``--help`` for sizes).

@@ -40,7 +40,7 @@ from torch import nn
 from .models import linear_parameters
 
 __all__ = [
-    "Norm", "ATTACKS", "pgd", "fgsm", "preserve_mode", "linear_margins", "linear_worst_margins",
+    "Norm", "ATTACKS", "pgd", "fgsm", "random_start_delta", "preserve_mode", "linear_margins", "linear_worst_margins",
     "linear_robust_correct", "linear_logitwise_logits", "linear_pairwise_delta", "dual_norm",
 ]
 
@@ -88,7 +88,14 @@ def _project(delta: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
     return delta * scale
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator | None) -> torch.Tensor:
+def random_start_delta(x: torch.Tensor, eps: float, norm: Norm | str,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD's random start: a perturbation uniform in the eps-ball of ``norm``, shape and dtype of x (N, ...).
+
+    Draws from ``generator`` exactly what :func:`pgd` draws, so a batched attack that calls it per model
+    starts where :func:`pgd` would.
+    """
+    norm = _norm(norm)
     if norm is Norm.LINF:
         return (torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) * 2 - 1) * eps
     # uniform in the l2 ball: gaussian direction, radius eps * U^(1/d)
@@ -142,7 +149,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     step_size = eps / 4 if step_size is None else float(step_size)
     loss_fn = loss_fn or _sum_cross_entropy
     with preserve_mode(model, mode):
-        delta = _random_start(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+        delta = random_start_delta(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         if clamp is not None:
             delta = (x + delta).clamp(*clamp) - x
         for _ in range(steps):

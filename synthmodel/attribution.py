@@ -26,7 +26,7 @@ from torch import nn
 from .attacks import preserve_mode
 
 __all__ = ["AttributionAccumulator", "Attribution", "class_matrix", "cas_from_matrix", "attribution",
-           "head_weight"]
+           "attribution_ensemble", "head_weight"]
 
 
 def head_weight(model: nn.Module) -> torch.Tensor:
@@ -57,55 +57,101 @@ class Attribution:
 
 
 class AttributionAccumulator:
-    """Streams batches of (features, labels) and returns :class:`Attribution` at the end."""
+    """Streams batches of (features, labels) and returns :class:`Attribution` at the end.
+
+    One model: ``weight`` (K, n), batches ``features`` (N, n) and ``y`` (N,), then :meth:`result`.
+    E models at once (an ensemble, e.g. :mod:`synthmodel.batched`): ``weight`` (E, K, n), batches
+    ``features`` (E, N, n) and ``y`` (E, N), then :meth:`results` (one :class:`Attribution` per model).
+    Both run the same code (one model is an ensemble of one), so they agree up to float64 rounding.
+    """
 
     def __init__(self, weight: torch.Tensor):
-        self.weight = weight.detach().to(torch.float64)
-        self.n_classes, self.width = self.weight.shape
-        self.sums = torch.zeros(self.n_classes, self.width, dtype=torch.float64, device=self.weight.device)
-        self.counts = torch.zeros(self.n_classes, dtype=torch.int64, device=self.weight.device)
+        weight = weight.detach().to(torch.float64)
+        if weight.dim() not in (2, 3):
+            raise ValueError(f"weight must have shape (K, n) or (E, K, n), got {tuple(weight.shape)}")
+        self.ensemble = weight.dim() == 3
+        self.weight = weight if self.ensemble else weight[None]                   # (E, K, n)
+        self.members, self.n_classes, self.width = self.weight.shape
+        device = self.weight.device
+        self.sums = torch.zeros(self.members, self.n_classes, self.width, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(self.members, self.n_classes, dtype=torch.int64, device=device)
 
     def update(self, features: torch.Tensor, y: torch.Tensor) -> None:
-        """Add a batch: features (N, n), y (N,) int labels."""
-        if features.dim() != 2 or features.shape[1] != self.width:
-            raise ValueError(f"features must have shape (N, {self.width}), got {tuple(features.shape)}")
+        """Add a batch: features (N, n) and y (N,) int labels; for an ensemble (E, N, n) and (E, N)."""
+        lead = (self.members,) if self.ensemble else ()
+        if features.dim() != len(lead) + 2 or tuple(features.shape[:-2]) != lead or features.shape[-1] != self.width:
+            raise ValueError(f"features must have shape ({', '.join(map(str, lead + ('N',)))}, {self.width}), "
+                             f"got {tuple(features.shape)}")
         if y.min() < 0 or y.max() >= self.n_classes:
             raise ValueError(f"labels must lie in [0, {self.n_classes}), got range [{int(y.min())}, {int(y.max())}]")
-        features = features.detach().to(torch.float64)
-        self.sums.index_add_(0, y, features)
-        self.counts += torch.bincount(y, minlength=self.n_classes)
+        features = features.detach().to(torch.float64).reshape(-1, self.width)  # (E * N, n)
+        # row (member, class) of the flattened sums: member * K + class
+        rows = (y.reshape(self.members, -1) + self.n_classes * torch.arange(self.members, device=y.device)[:, None])
+        rows = rows.reshape(-1)
+        self.sums.view(-1, self.width).index_add_(0, rows, features)
+        self.counts += torch.bincount(rows, minlength=self.members * self.n_classes).view(self.members, -1)
 
     def result(self) -> Attribution:
+        """The attribution of a single model (or of an ensemble of one)."""
+        if self.members != 1:
+            raise ValueError(f"this accumulator holds {self.members} models: use results()")
+        return self.results()[0]
+
+    def results(self) -> list[Attribution]:
+        """One :class:`Attribution` per model of the ensemble (a list of one for a single model)."""
         counts = self.counts.cpu().numpy()
-        missing = np.flatnonzero(counts == 0)
+        missing = np.flatnonzero((counts == 0).any(axis=0))
         if missing.size:
             raise ValueError(f"classes {missing.tolist()} have no samples: their attribution is undefined")
         # mean_x (g(x) * W[i]) = (mean_x g(x)) * W[i]: the product is linear in g
-        means = (self.sums / self.counts[:, None]) * self.weight
-        vectors = means.cpu().numpy()
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        means = (self.sums / self.counts[..., None]) * self.weight
+        vectors = means.cpu().numpy()                                            # (E, K, n)
+        norms = np.linalg.norm(vectors, axis=2, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             vectors = np.where(norms > 0, vectors / norms, np.nan)
-        if np.any(norms == 0):
-            warnings.warn(f"classes {np.flatnonzero(norms[:, 0] == 0).tolist()} have a zero mean attribution; "
+        zero = norms[..., 0] == 0                                                # (E, K)
+        for member in np.flatnonzero(zero.any(axis=1)):
+            where = f"model {member}: " if self.ensemble else ""
+            warnings.warn(f"{where}classes {np.flatnonzero(zero[member]).tolist()} have a zero mean attribution; "
                           "their rows of C and CAS are NaN", RuntimeWarning, stacklevel=2)
-        matrix = class_matrix(vectors)
-        return Attribution(vectors=vectors, matrix=matrix, cas=cas_from_matrix(matrix), counts=counts)
+        matrices = class_matrix(vectors)
+        cas = cas_from_matrix(matrices)
+        return [Attribution(vectors=vectors[m], matrix=matrices[m], cas=float(cas[m]), counts=counts[m])
+                for m in range(self.members)]
 
 
 def class_matrix(vectors: np.ndarray) -> np.ndarray:
-    """``C = V V^T`` for normalised class vectors V (K, n), with the diagonal set to exactly 1."""
-    matrix = vectors @ vectors.T
-    matrix = 0.5 * (matrix + matrix.T)
-    finite = np.all(np.isfinite(vectors), axis=1)
-    np.fill_diagonal(matrix, np.where(finite, 1.0, np.nan))
+    """``C = V V^T`` for normalised class vectors V (..., K, n), with the diagonal set to exactly 1: (..., K, K)."""
+    matrix = vectors @ np.swapaxes(vectors, -1, -2)
+    matrix = 0.5 * (matrix + np.swapaxes(matrix, -1, -2))
+    finite = np.all(np.isfinite(vectors), axis=-1)                               # (..., K)
+    diagonal = np.einsum("...ii->...i", matrix)  # a writable view of the diagonal(s)
+    diagonal[...] = np.where(finite, 1.0, np.nan)
     return matrix
 
 
-def cas_from_matrix(matrix: np.ndarray) -> float:
-    """``sum_{i != j} clamp(C[i, j], 0, 1)`` (NaN if any entry is NaN)."""
-    off = ~np.eye(matrix.shape[0], dtype=bool)
-    return float(np.clip(matrix[off], 0.0, 1.0).sum())
+def cas_from_matrix(matrix: np.ndarray) -> float | np.ndarray:
+    """``sum_{i != j} clamp(C[i, j], 0, 1)`` (NaN if any entry is NaN): a float for one (K, K) matrix, an
+    array of shape (...,) for a stack (..., K, K)."""
+    off = ~np.eye(matrix.shape[-1], dtype=bool)
+    cas = np.clip(matrix[..., off], 0.0, 1.0).sum(axis=-1)
+    return float(cas) if matrix.ndim == 2 else cas
+
+
+def attribution_ensemble(weight: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> list[Attribution]:
+    """Class attribution of E models from their features at once.
+
+    Args:
+        weight: head weights, (E, K, n).
+        features: ``g(x)`` of each model on its own inputs, (E, N, n) (the inputs for linear models).
+        y: labels, (E, N).
+
+    Returns:
+        one :class:`Attribution` per model, as :func:`attribution` would give for that model alone.
+    """
+    acc = AttributionAccumulator(weight)
+    acc.update(features, y)
+    return acc.results()
 
 
 def attribution(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attacks as atk
-from .attribution import attribution
+from .attribution import Attribution, attribution, attribution_ensemble
 from .cli import ArgumentParser
 from .losses import check_alpha, robust_objective, soft_targets, trades_attack_loss, trades_loss
 from .models import MODELS, TiedLinear, build_model, is_linear_model
@@ -49,7 +50,7 @@ from .sample import derive_seed, sample
 from .spec import FeatureModel, make_preset
 
 __all__ = ["Mode", "TrainConfig", "TrainResult", "train", "build_world", "save_checkpoint", "load_checkpoint",
-           "logitwise_objective", "main"]
+           "logitwise_objective", "copy_state", "main"]
 
 
 class Mode(str, Enum):
@@ -225,11 +226,26 @@ def logitwise_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
 
 def adversarial_attribution(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """``{"cas", "class_matrix"}`` on adversarial inputs; a zero model's NaN CAS is recorded, not warned about."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = attribution(model, x_adv, y, mode=None)
+    return _attribution_record(result)
+
+
+def adversarial_attribution_ensemble(weight: torch.Tensor, x_adv: torch.Tensor,
+                                     y: torch.Tensor) -> list[dict[str, Any]]:
+    """:func:`adversarial_attribution` for E linear models (identity features) at once.
+
+    Args:
+        weight: head weights (E, K, d); x_adv: adversarial inputs (E, N, d); y: labels (E, N).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        results = attribution_ensemble(weight, x_adv, y)
+    return [_attribution_record(result) for result in results]
+
+
+def _attribution_record(result: Attribution) -> dict[str, Any]:
     return {"cas": result.cas, "class_matrix": result.matrix.tolist()}
 
 
@@ -370,7 +386,7 @@ class _Trainer:
             test_eval = self._evaluate(self.x_test, self.y_test, epoch, with_cas=True)
             record = epoch_record(epoch, lr, total / seen, train_eval, test_eval, self.model)
             history.append(record)
-            state = _copy_state(self.model)
+            state = copy_state(self.model)
             if self.keep_epoch_states:
                 epoch_states.append(state)
             if record["test_robust_acc"] > best_robust:
@@ -379,10 +395,11 @@ class _Trainer:
                 bar.set_postfix(rob=f"{record['test_robust_acc']:.3f}", cas=f"{record['cas']:.2f}")
         self.model.eval()
         return TrainResult(config=c, history=history, model=self.model, best_epoch=best_epoch,
-                           best_state=best_state, last_state=_copy_state(self.model), epoch_states=epoch_states)
+                           best_state=best_state, last_state=copy_state(self.model), epoch_states=epoch_states)
 
 
-def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model.state_dict()`` (the weights of one epoch, kept while training goes on)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -416,7 +433,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: TrainConfig, *, 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": "synthmodel-checkpoint-1", "config": config.to_dict(), "epoch": epoch,
-                "state_dict": state if state is not None else _copy_state(model)}, tmp)
+                "state_dict": state if state is not None else copy_state(model)}, tmp)
     tmp.replace(path)
 
 

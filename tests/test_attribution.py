@@ -1,5 +1,7 @@
 """C and CAS: closed forms for the tied model, symmetries, invariances."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from synthmodel.attacks import pgd
-from synthmodel.attribution import AttributionAccumulator, attribution, cas_from_matrix
+from synthmodel.attribution import AttributionAccumulator, attribution, attribution_ensemble, cas_from_matrix
 from synthmodel.models import FullLinear, TiedLinear, build_model
 from synthmodel.sample import sample
 from synthmodel.spec import make_preset
@@ -135,3 +137,35 @@ def test_full_linear_and_tied_agree_when_weights_agree():
         full.head.weight.copy_(tied.head.weight)
     x, y = sample(world, 500, seed=2, dtype="float64")
     assert np.allclose(attribution(tied, x, y).matrix, attribution(full, x, y).matrix, atol=1e-14)
+
+
+def test_ensemble_equals_each_model_alone():
+    """E models at once (the batched trainer's path) give each model's own attribution; a zero model is NaN
+    without spoiling the others; streaming in two batches changes nothing beyond float64 rounding."""
+    world = make_preset("ring-5")
+    models = [FullLinear(world.dim, world.n_classes, dtype=torch.float64) for _ in range(3)]
+    models.append(TiedLinear(world, dtype=torch.float64))  # w1 = w2 = 0: no direction, CAS NaN
+    data = [sample(world, 120, seed=seed, dtype="float64") for seed in range(len(models))]
+    weight = torch.stack([m.head.weight.detach() for m in models])
+    x, y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+    with pytest.warns(RuntimeWarning, match="model 3"):
+        together = attribution_ensemble(weight, x, y)
+    acc = AttributionAccumulator(weight)
+    acc.update(x[:, :50], y[:, :50])
+    acc.update(x[:, 50:], y[:, 50:])
+    with pytest.warns(RuntimeWarning):
+        streamed = acc.results()
+    for model, (xm, ym), joint, stream in zip(models, data, together, streamed, strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            alone = attribution(model, xm, ym)
+        # same float64 operations per model, batched sums may add in another order: rounding only
+        for other in (joint, stream):
+            np.testing.assert_allclose(other.matrix, alone.matrix, atol=1e-12, rtol=0)
+            np.testing.assert_array_equal(other.counts, alone.counts)
+            assert (np.isnan(other.cas) and np.isnan(alone.cas)) or other.cas == pytest.approx(alone.cas, abs=1e-12)
+    assert np.isnan(together[3].cas) and all(np.isfinite(r.cas) for r in together[:3])
+    with pytest.raises(ValueError, match="use results"):
+        acc.result()
+    with pytest.raises(ValueError, match="shape"):
+        acc.update(x[0], y[0])
