@@ -9,9 +9,11 @@ Gaussian mass beyond is ~1e-15), with Gaussian weights. Step sizes come in quart
 ``h = 0.5 * 2^(-level/4)`` so that rules are cached and shared between calls. For K = 3 every loss here is
 symmetric under swapping the two wrong classes, i.e. under eta -> -eta, so only eta >= 0 is kept (weights
 doubled for eta > 0). The integrand is analytic in a strip of half-width ~ pi / scale (its logits are
-affine in the Gaussians with slope ``scale``; log-sum-exp has its nearest complex singularity at pi i),
-so the rule's error decays like exp(-2 pi^2 / (h scale)): ``h scale <= KAPPA = 0.8`` puts it near 1e-11.
-Callers verify every value with the rule of half the step (four times the nodes) and report the
+affine in the Gaussians; log-sum-exp has its nearest complex singularity where two logits differ by pi i,
+see :func:`_scales`), and the Gaussian weight grows like exp(y^2 / 2) off the axis, so the rule's error is
+about ``exp(-E(h))`` with E from :func:`_h_required`; each element of a batch gets the coarsest
+quarter-octave step with ``E >= LOG_TARGET = 21`` (bound ~8e-10; measured errors ~1e-10). Callers verify
+every value with the rule shifted by h/2 in all dimensions (:func:`rule`, ``offset``) and report half the
 difference as the error estimate.
 
 **Derivatives.** With ``sd = sqrt(w1^2 + w2^2 / (K-1))`` the margin over wrong class k is

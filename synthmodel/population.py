@@ -14,11 +14,14 @@ c_k from their mean (Q: an orthonormal basis of the vectors of R^{K-1} orthogona
 (xi, eta) does not depend on w, so derivatives in w pass under the integral. The expectation is over
 1 + (K-2) standard normal dimensions: 2 for paper3.
 
-**Quadrature.** Each dimension uses the trapezoidal rule on [-9, 9] with Gaussian weights. The
-integrands are analytic in a strip whose half-width is ~ pi / (scale of that dimension), so the rule
-converges geometrically (error ~ exp(-2 pi^2 / (h * scale))); for wide integrands (large |w| sigma) it
-needs far fewer nodes than Gauss-Hermite. Every value comes with an error estimate |Q(h) - Q(h/2)|,
-and h is halved until that estimate is below ``tol`` (default 1e-8); the finer value is returned.
+**Quadrature** (:mod:`synthmodel._popquad`). Each dimension uses the trapezoidal rule on |t| <= 8 with
+Gaussian weights. The integrands are analytic in a strip whose half-width is ~ pi / (scale of that
+dimension), so the rule converges geometrically; for wide integrands (large |w| sigma) it needs far fewer
+nodes than Gauss-Hermite. Every eps gets the step its own weights need (bound ``exp(-21)`` from the strip
+width and the Gaussian's growth off the axis). Every value comes with an error estimate |Q - Q_fine|,
+Q_fine = (Q + Q') / 2 the body-centred lattice rule (Q' = Q shifted by h/2 in every dimension; the two see
+the leading aliasing error with opposite signs); where the estimate is >= ``tol`` (default 1e-8) h is
+halved and the pair recomputed; the finer value is returned.
 
 **Attacks** (DESIGN.md "Formalisations"), the robust margin against each wrong class being
 ``M_k - eps * r(w)`` with ``r = ||W_y - W_k||_*`` the same for every pair: ``r = 2(|w1| + |w2|)`` (l_inf,
@@ -261,7 +264,7 @@ def _loss_torch(world: World, form: Formalisation, w1: torch.Tensor, w2: torch.T
 
 @dataclass(frozen=True)
 class QuadResult:
-    """A quadrature value with its error estimate |Q(h) - Q(h/2)| (the finer value is returned)."""
+    """A quadrature value with its error estimate |Q - Q_fine| (the finer value Q_fine is returned; see _verified)."""
 
     value: np.ndarray
     error: np.ndarray
@@ -379,7 +382,7 @@ def robust_loss(world: FeatureModel | World | str, form: Formalisation, w1, w2, 
         world: an all-but-one-K world (or preset name, or :class:`World`).
         form: the formalisation.
         w1, w2, eps: scalars or arrays broadcast to shape (B,).
-        tol: refine (halve the step) until the error estimate |Q(h) - Q(h/2)| is below tol.
+        tol: refine (halve the step) until the error estimate |Q - Q_fine| is below tol.
 
     Returns:
         QuadResult with value and error, shape (B,). For joint attacks with label smoothing the integrand
@@ -688,7 +691,7 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
     * fixed norm / share: 1-d global search (grid of 49 points, then Newton/bisection in the best cell).
 
     The rule is fixed per call, chosen from the largest sigma |w| of the batch (and re-chosen, warm, if
-    the solution needs a finer one); every result is then verified at half the step.
+    the solution needs a finer one); every result is then verified with the shifted rule (``_verified``).
 
     Args:
         eps: radii, shape (B,).
@@ -696,7 +699,7 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
         tol: target of the quadrature error estimate of the objective.
 
     Returns:
-        dict with w1, w2, objective (B,) (at the verified rule), quad_error (B,) (|Q(h) - Q(h/2)| of the
+        dict with w1, w2, objective (B,) (at the verified rule), quad_error (B,) (|Q - Q_fine| of the
         objective), w_error (B,) (max |H^-1 g| over free coordinates, g the gradient at the verified rule:
         how far the weights may be from the optimum of the more exact objective), method (str), convex (bool).
     """
