@@ -722,16 +722,23 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
                                            coarse=(loss, grad))
     free = ~((w == 0) & (grad_fine * np.copysign(1.0, w) > 0))
     hb = np.where(free[:, :, None] & free[:, None, :], hess, 0.0) + np.where(~free, 1.0, 0.0)[:, :, None] * np.eye(2)
+    # a singular Hessian (a degenerate optimum, e.g. w -> 0 at eps = mu/2 where no feature survives the
+    # attack) gets no correction; its w_error is then the gradient norm over the Hessian's largest eigenvalue
+    lam = np.linalg.eigvalsh(hb)
+    regular = lam[:, 0] > 1e-10 * np.maximum(lam[:, 1], 1e-300)
+    hb = np.where(regular[:, None, None], hb, np.eye(2)[None])
     correction = -np.linalg.solve(hb, np.where(free, grad_fine, 0.0)[..., None])[..., 0]
+    correction = np.where(regular[:, None], correction, 0.0)
     # w_error: the distance between the optimum at the working rule and at the verified (finer) one, i.e. the
     # size of the final Newton step taken with the finer rule's gradient; the returned (corrected) weights
     # are closer than that (the step's own error is second order in it)
-    w_error = np.abs(correction).max(axis=1)
+    w_error = np.where(regular, np.abs(correction).max(axis=1),
+                       np.abs(np.where(free, grad_fine, 0.0)).max(axis=1) / np.maximum(lam[:, 1], 1e-300))
     same_side = np.sign(w + correction) * np.sign(w) >= 0
     w = np.where(same_side & free, w + correction, w)
     method = ("projected Newton per quadrant (convex)" if form.convex
               else "multi-start projected Newton (global search)")
-    return {"w1": w[:, 0].copy(), "w2": w[:, 1].copy(), "objective": value, "quad_error": error, "w_error": w_error,
+    return {"w1": w[:, 0] + 0.0, "w2": w[:, 1] + 0.0, "objective": value, "quad_error": error, "w_error": w_error,
             "method": method, "convex": form.convex}
 
 

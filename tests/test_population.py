@@ -290,6 +290,14 @@ def test_closed_form_sign_matches_numeric_first_order_condition(norm):
         assert np.all(np.sign(th.derivative) == expected)
 
 
+def test_joint_label_smoothing_at_half_mu_is_degenerate_not_an_error():
+    # at eps = mu/2 the singular Hessian of a degenerate optimum must not raise (it did: LinAlgError); w = 0
+    # is feasible with objective exactly log K (uniform logits), so the reported minimum is at most that
+    point = theory_point({"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.5, "alpha": 0.1, "attack": "joint"})
+    assert point["robust_loss"] <= math.log(3) + 1e-12
+    assert math.isfinite(point["w1"]) and math.isfinite(point["w2"])
+
+
 def test_curve_optimum_reports_verified_errors():
     eps = np.linspace(0.0, 0.49, 64)  # > 32: exercises the continuation (subset solve + interpolated starts)
     opt = optimal_weights(PAPER3, Formalisation(), eps)
