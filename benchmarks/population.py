@@ -3,24 +3,27 @@ checked against an independent high-order quadrature reference.
 
 Formalisation: paper3, mu=1, sigma=0.5, logitwise (== joint) l_inf, hard labels, unconstrained.
 Engine: ``optimal_weights`` (analytic gradient/Hessian, Newton vectorised over all eps, continuation
-warm starts, one trapezoid rule per curve verified at half the step).
+warm starts, a trapezoid rule per eps sized by its own weights, verified with the rule shifted by h/2).
 Baseline, written the way a researcher would: sample 10^5 points once, minimise the sampled robust
 loss with scipy (L-BFGS-B, analytic gradient) at every eps, warm-started from the previous eps.
 Reference (independent of the engine's rule and code): 2-d Gauss-Hermite (numpy ``hermegauss``) of the
 reduced integral written out here in torch, Newton with autograd Hessians started from the *baseline's*
 answer, at every ``--ref-every``-th eps; its own accuracy is shown by re-running it at a higher order.
 
-Measured (2-core CPU of the build machine shared with other jobs, OMP_NUM_THREADS=1, n = 1 run,
-`python benchmarks/population.py` = 1000 eps in [0, 0.49], reference at 50 of them):
+Measured (2-core AMD EPYC build machine shared with other jobs, OMP_NUM_THREADS=1, n = 2 runs,
+`OMP_NUM_THREADS=1 python benchmarks/population.py` = 1000 eps in [0, 0.49], reference at 50 of them):
     reference self-check (GH 240 vs 320 per dim): max |dw| 9.8e-09
-    engine   1000 eps:  1.45 s, max |w - ref| 3.6e-10 (own estimates: quad_error 2.8e-11, w_error 1.8e-07)
-    baseline 1000 eps: 32.99 s, max |w - ref| 0.14
-    time ratio baseline/engine = 22.8
-(engine alone, no concurrent job: 0.7-1.0 s). Targets: 1000-eps curve < 2 s: MET. >= 100x faster than
-the baseline: NOT MET (23x), while ~4e8 times more accurate; at equal accuracy (~1e-9) Monte Carlo would
-need ~1e16 samples (its error falls as n^-1/2 from 0.14 at 1e5). w_error is the engine's conservative
-estimate (the last Newton step taken with the verified rule's gradient); the reference shows the
-returned weights are closer (3.6e-10).
+    engine   1000 eps:  0.21 s, max |w - ref| 3.6e-10 (own estimates: quad_error 1.1e-10, w_error 6.4e-07)
+    baseline 1000 eps: 34.20 s / 32.77 s, max |w - ref| 0.14
+    time ratio baseline/engine = 160 / 157
+Targets: 1000-eps curve < 2 s: MET. >= 100x faster than the baseline at equal or better accuracy: MET
+(~4e8 times more accurate; at equal accuracy (~1e-9) Monte Carlo would need ~1e16 samples, its error
+falling as n^-1/2 from 0.14 at 1e5). Before (one rule per curve sized by the largest |w|, verification at
+half the step, Newton run to 1e-11): 1.0-1.45 s, 23x. Where the time went: verification at h/2 (4x the
+nodes) ~60%, Newton ~35%; now the rule is per eps (|w| falls ~6x along the curve), the verification uses
+one shifted rule (1x the nodes), and Newton stops when the proposed step is < 1e-7 (the final step with
+the verified gradient takes it). w_error is the engine's conservative estimate (the size of that final
+step); the reference shows the returned weights are closer (3.6e-10).
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ Gaussian mass beyond is ~1e-15), with Gaussian weights. Step sizes come in quart
 ``h = 0.5 * 2^(-level/4)`` so that rules are cached and shared between calls. For K = 3 every loss here is
 symmetric under swapping the two wrong classes, i.e. under eta -> -eta, so only eta >= 0 is kept (weights
 doubled for eta > 0). The integrand is analytic in a strip of half-width ~ pi / scale (its logits are
-affine in the Gaussians with slope ``scale``; log-sum-exp has its nearest complex singularity at pi i),
-so the rule's error decays like exp(-2 pi^2 / (h scale)): ``h scale <= KAPPA = 0.8`` puts it near 1e-11.
-Callers verify every value with the rule of half the step (four times the nodes) and report the
+affine in the Gaussians; log-sum-exp has its nearest complex singularity where two logits differ by pi i,
+see :func:`_scales`), and the Gaussian weight grows like exp(y^2 / 2) off the axis, so the rule's error is
+about ``exp(-E(h))`` with E from :func:`_h_required`; each element of a batch gets the coarsest
+quarter-octave step with ``E >= LOG_TARGET = 21`` (bound ~8e-10; measured errors ~1e-10). Callers verify
+every value with the rule shifted by h/2 in all dimensions (:func:`rule`, ``offset``) and report half the
 difference as the error estimate.
 
 **Derivatives.** With ``sd = sqrt(w1^2 + w2^2 / (K-1))`` the margin over wrong class k is
@@ -37,7 +39,7 @@ import numpy as np
 from scipy.special import expit
 
 _RANGE = 8.0       # nodes on |t| <= 8 per dimension: P(|Z| > 8) = 1.2e-15
-KAPPA = 0.8        # h * scale <= KAPPA: trapezoid error ~ exp(-2 pi^2 / KAPPA) ~ 2e-11
+LOG_TARGET = 21.0  # step chosen so that the trapezoid error bound is exp(-21) ~ 8e-10 (see _h_required)
 MAX_LEVEL = 40     # h = 0.5 * 2^-10
 _TINY = 1e-300
 
@@ -46,29 +48,66 @@ def h_of(level: int) -> float:
     return 0.5 * 2.0 ** (-level / 4.0)
 
 
+def _h_required(scale: np.ndarray) -> np.ndarray:
+    """Largest step whose trapezoid error bound ``exp(-E)`` has E >= LOG_TARGET, per dimension.
+
+    For ``f(t) phi(t)`` with f analytic in the strip |Im t| < a = pi / scale, the trapezoid error is about
+    ``exp(-2 pi a' / h + a'^2 / 2)`` for any a' <= a (phi grows like exp(y^2 / 2) off the real axis), so
+    E(h) = max over a' <= pi / scale of that exponent: ``2 pi^2 / h^2`` when the best a' = 2 pi / h lies in
+    the strip (h >= 2 scale), else ``2 pi^2 / (h scale) - pi^2 / (2 scale^2)``.
+    """
+    scale = np.maximum(np.asarray(scale, dtype=np.float64), 1e-300)
+    h_wide = math.pi * math.sqrt(2.0 / LOG_TARGET)
+    h_strip = 2.0 * math.pi ** 2 * scale / (LOG_TARGET * scale * scale + 0.5 * math.pi ** 2)
+    return np.where(h_wide >= 2.0 * scale, h_wide, h_strip)
+
+
+def _level_of_scale(scale: np.ndarray) -> np.ndarray:
+    h = _h_required(scale)
+    lv = np.ceil(4.0 * np.log2(0.5 / np.minimum(h, 0.5)) - 1e-12)
+    return np.maximum(lv, 0).astype(np.int64)
+
+
 def level_for(scale: float) -> int:
-    """Smallest quarter-octave level with ``h * scale <= KAPPA`` (h <= 0.5)."""
-    if scale * 0.5 <= KAPPA:
-        return 0
-    return int(math.ceil(4.0 * math.log2(0.5 * scale / KAPPA) - 1e-12))
+    """Smallest quarter-octave level whose step meets :func:`_h_required` (h <= 0.5)."""
+    return int(_level_of_scale(np.array([scale]))[0])
+
+
+def _scales(k: int, sigma: float, w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Analyticity scales of the integrand in xi and in eta (its singularities lie ~pi / scale off the axis).
+
+    xi: the logits are affine in xi with slope sigma sd(w), and log-sum-exp has its nearest complex
+    singularity where two logits differ by pi i: scale sigma sd(w). eta: the wrong logits differ among
+    themselves by sigma w2 (d_i - d_j), slope up to sigma |w2| ||q_i - q_j|| = sigma |w2| sqrt(2) (rows of Q
+    span the complement of ones); for K = 3 the integrand contains log(2 cosh(sigma w2 eta / sqrt 2)), whose
+    zeros sit at pi / (sigma |w2| sqrt 2).
+    """
+    w1, w2 = np.abs(np.asarray(w1, dtype=np.float64)), np.abs(np.asarray(w2, dtype=np.float64))
+    return sigma * np.sqrt(w1 * w1 + w2 * w2 / (k - 1)), sigma * w2 * math.sqrt(2.0)
 
 
 def levels_for(k: int, sigma: float, w1: np.ndarray, w2: np.ndarray) -> tuple[int, int]:
-    """Rule levels for the largest |w| of a batch.
+    """Rule levels (xi, eta) for the largest |w| of a batch (the required step falls with the slope)."""
+    if not np.size(w1):
+        return 0, 0
+    s_xi, s_eta = _scales(k, sigma, w1, w2)
+    return level_for(float(s_xi.max())), level_for(float(s_eta.max()))
 
-    xi enters with slope sigma * sd(w); eta with slope sigma * |w2| * ||row of Q|| = sigma |w2| sqrt((K-2)/(K-1)).
-    """
-    w1m = float(np.max(np.abs(w1))) if np.size(w1) else 0.0
-    w2m = float(np.max(np.abs(w2))) if np.size(w2) else 0.0
-    return (level_for(sigma * math.sqrt(w1m ** 2 + w2m ** 2 / (k - 1))),
-            level_for(sigma * w2m * math.sqrt((k - 2) / (k - 1))))
+
+def level_array(k: int, sigma: float, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """Per-element rule levels (B, 2): each element gets the rule its own weights need."""
+    s_xi, s_eta = _scales(k, sigma, w1, w2)
+    return np.stack([_level_of_scale(s_xi), _level_of_scale(s_eta)], axis=1)
 
 
 @lru_cache(maxsize=64)
-def _line(level: int, half: bool) -> tuple[np.ndarray, np.ndarray]:
+def _line(level: int, half: bool, offset: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Trapezoid nodes ``h Z`` (or the shifted ones ``h (Z + 1/2)``) on |t| <= ~8 with weights h phi(t)."""
     h = h_of(level)
     n = int(math.ceil(_RANGE / h))
-    t = h * np.arange(-n, n + 1)
+    t = h * (np.arange(-n, n + 1) + (0.5 if offset else 0.0))
+    if offset:
+        t = t[:-1]  # symmetric: -(n - 1/2) h .. (n - 1/2) h
     w = h * np.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
     if half:  # eta -> -eta symmetry: keep t >= 0, double t > 0
         w = np.where(t > 0, 2.0 * w, w)[t >= 0]
@@ -77,19 +116,26 @@ def _line(level: int, half: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=64)
-def rule(k: int, level_xi: int, level_eta: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Tensor rule: xi (I,), xi weights (I,), deviations d = Q eta (J, K-1), eta weights (J,)."""
+def rule(k: int, level_xi: int, level_eta: int, offset: bool = False
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tensor rule: xi (I,), xi weights (I,), deviations d = Q eta (J, K-1), eta weights (J,).
+
+    ``offset``: the same lattice shifted by h/2 in every dimension. Averaging it with the unshifted rule gives
+    the body-centred lattice rule, whose leading aliasing errors (the +-1/h Fourier modes of each dimension,
+    which the two lattices see with opposite signs) cancel; half their difference estimates the unshifted
+    rule's error in all dimensions at once, for the cost of one extra rule instead of the 2^d of halving h.
+    """
     if max(level_xi, level_eta) > MAX_LEVEL:
         raise ValueError(f"quadrature level {max(level_xi, level_eta)} beyond {MAX_LEVEL}: weights too large")
-    xi, wxi = _line(level_xi, False)
+    xi, wxi = _line(level_xi, False, offset)
     dims = k - 2
     q, _ = np.linalg.qr(np.concatenate([np.ones((k - 1, 1)), np.eye(k - 1)], axis=1))
     basis = q[:, 1:k - 1]  # (K-1, K-2), orthonormal, orthogonal to ones
     if dims == 1:
-        eta, weta = _line(level_eta, True)
+        eta, weta = _line(level_eta, True, offset)
         nodes = eta[:, None]
     else:
-        eta, w1d = _line(level_eta, False)
+        eta, w1d = _line(level_eta, False, offset)
         grids = np.meshgrid(*([eta] * dims), indexing="ij")
         wgrid = np.meshgrid(*([w1d] * dims), indexing="ij")
         nodes = np.stack([g.ravel() for g in grids], axis=1)
@@ -126,12 +172,13 @@ def _geometry(k: int, norm: str, w1, w2, eps):
     return sd, dsd, d2sd, eps * r, dr * e, d2r * e[:, None]
 
 
-def hard_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, levels: tuple[int, int], order: int = 2):
+def hard_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, levels: tuple[int, int], order: int = 2,
+              offset: bool = False):
     """Hard-label robust CE (logitwise; == joint for l_inf): loss (B,), grad (B, 2), Hessian (B, 2, 2).
 
-    ``order`` 0 / 1 / 2: what to compute (the others are returned as None).
+    ``order`` 0 / 1 / 2: what to compute (the others are returned as None). ``offset``: the shifted rule.
     """
-    xi, wxi, dev, weta = rule(k, *levels)
+    xi, wxi, dev, weta = rule(k, *levels, offset)
     sd, dsd, d2sd, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
     a = (-sigma * w2)[:, None, None] * dev[None]                          # (B, J, K-1)
     amax = a.max(axis=-1, keepdims=True)
@@ -184,12 +231,12 @@ def joint_patterns(k: int) -> np.ndarray:
 
 
 def soft_eval(k: int, mu: float, sigma: float, norm: str, attack: str, alpha: float, w1, w2, eps,
-              levels: tuple[int, int], order: int = 2):
+              levels: tuple[int, int], order: int = 2, offset: bool = False):
     """Robust CE with label-smoothed targets, logitwise (sum over targets) or joint (max over sign patterns).
 
     Returns loss (B,), grad (B, 2), Hessian (B, 2, 2) (None beyond ``order``).
     """
-    xi_1, wxi, dev_1, weta = rule(k, *levels)
+    xi_1, wxi, dev_1, weta = rule(k, *levels, offset)
     xi = np.repeat(xi_1, dev_1.shape[0])                                   # flattened nodes (N,)
     dev = np.tile(dev_1, (xi_1.size, 1))                                   # (N, K-1)
     wn = np.outer(wxi, weta).ravel()

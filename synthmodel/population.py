@@ -14,11 +14,14 @@ c_k from their mean (Q: an orthonormal basis of the vectors of R^{K-1} orthogona
 (xi, eta) does not depend on w, so derivatives in w pass under the integral. The expectation is over
 1 + (K-2) standard normal dimensions: 2 for paper3.
 
-**Quadrature.** Each dimension uses the trapezoidal rule on [-9, 9] with Gaussian weights. The
-integrands are analytic in a strip whose half-width is ~ pi / (scale of that dimension), so the rule
-converges geometrically (error ~ exp(-2 pi^2 / (h * scale))); for wide integrands (large |w| sigma) it
-needs far fewer nodes than Gauss-Hermite. Every value comes with an error estimate |Q(h) - Q(h/2)|,
-and h is halved until that estimate is below ``tol`` (default 1e-8); the finer value is returned.
+**Quadrature** (:mod:`synthmodel._popquad`). Each dimension uses the trapezoidal rule on |t| <= 8 with
+Gaussian weights. The integrands are analytic in a strip whose half-width is ~ pi / (scale of that
+dimension), so the rule converges geometrically; for wide integrands (large |w| sigma) it needs far fewer
+nodes than Gauss-Hermite. Every eps gets the step its own weights need (bound ``exp(-21)`` from the strip
+width and the Gaussian's growth off the axis). Every value comes with an error estimate |Q - Q_fine|,
+Q_fine = (Q + Q') / 2 the body-centred lattice rule (Q' = Q shifted by h/2 in every dimension; the two see
+the leading aliasing error with opposite signs); where the estimate is >= ``tol`` (default 1e-8) h is
+halved and the pair recomputed; the finer value is returned.
 
 **Attacks** (DESIGN.md "Formalisations"), the robust margin against each wrong class being
 ``M_k - eps * r(w)`` with ``r = ||W_y - W_k||_*`` the same for every pair: ``r = 2(|w1| + |w2|)`` (l_inf,
@@ -261,27 +264,50 @@ def _loss_torch(world: World, form: Formalisation, w1: torch.Tensor, w2: torch.T
 
 @dataclass(frozen=True)
 class QuadResult:
-    """A quadrature value with its error estimate |Q(h) - Q(h/2)| (the finer value is returned)."""
+    """A quadrature value with its error estimate |Q - Q_fine| (the finer value Q_fine is returned; see _verified)."""
 
     value: np.ndarray
     error: np.ndarray
 
 
+def _level_array(levels, b: int) -> np.ndarray:
+    """Rule levels as an int array (B, 2): one (xi, eta) pair for the batch or one per element."""
+    lv = np.asarray(levels, dtype=np.int64).reshape(-1, 2)
+    return np.broadcast_to(lv, (b, 2)) if lv.shape[0] == 1 else lv
+
+
 def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray, eps: np.ndarray,
-              levels: tuple[int, int], order: int = 2, chunk: int = 64):
-    """Objective (with penalty), gradient, Hessian by the analytic engine at fixed rule levels, in eps chunks."""
-    outs = []
-    for lo in range(0, w1.size, chunk):
-        sl = slice(lo, lo + chunk)
-        if form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
-            out = _pq.hard_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], levels, order)
-        else:
-            out = _pq.soft_eval(world.k, world.mu, world.sigma, form.norm, form.attack, form.alpha, w1[sl], w2[sl],
-                                eps[sl], levels, order)
-        outs.append(out)
-    loss = np.concatenate([o[0] for o in outs])
-    grad = np.concatenate([o[1] for o in outs]) if order >= 1 else None
-    hess = np.concatenate([o[2] for o in outs]) if order >= 2 else None
+              levels, order: int = 2, max_work: int | None = None, offset: bool = False):
+    """Objective (with penalty), gradient, Hessian by the analytic engine at fixed rule levels.
+
+    ``levels``: one (xi, eta) pair for the whole batch, or an array (B, 2) of per-element levels; elements
+    that share a pair are evaluated together (chunks of about ``max_work`` node-elements), so every eps
+    pays only for the rule its own weights need.
+    """
+    b = w1.size
+    lv = _level_array(levels, b)
+    max_work = max_work or (1 << 17 if form.alpha == 0.0 else 1 << 15)
+    loss = np.empty(b)
+    grad = np.empty((b, 2)) if order >= 1 else None
+    hess = np.empty((b, 2, 2)) if order >= 2 else None
+    pairs, inverse = np.unique(lv, axis=0, return_inverse=True)
+    for g, pair in enumerate(pairs):
+        members = np.flatnonzero(inverse.reshape(-1) == g)
+        pair = (int(pair[0]), int(pair[1]))
+        chunk = max(8, max_work // _nodes(world, pair))
+        for lo in range(0, members.size, chunk):
+            sl = members[lo:lo + chunk]
+            if form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
+                out = _pq.hard_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair, order,
+                                   offset)
+            else:
+                out = _pq.soft_eval(world.k, world.mu, world.sigma, form.norm, form.attack, form.alpha, w1[sl],
+                                    w2[sl], eps[sl], pair, order, offset)
+            loss[sl] = out[0]
+            if order >= 1:
+                grad[sl] = out[1]
+            if order >= 2:
+                hess[sl] = out[2]
     if form.weights == "weight-decay":
         lam = form.weight_decay
         loss = loss + 0.5 * lam * (w1 * w1 + w2 * w2)
@@ -306,23 +332,46 @@ def _nodes(world: World, levels: tuple[int, int]) -> int:
     return xi.size * dev.shape[0]
 
 
-def _verified(world: World, form: Formalisation, w1, w2, eps, levels: tuple[int, int], tol: float, order: int = 0):
-    """Value (and gradient) at the rule after ``levels`` refined by halving h until |Q(h) - Q(h/2)| < tol.
+def _verified(world: World, form: Formalisation, w1, w2, eps, levels, tol: float, order: int = 0,
+              coarse: tuple | None = None):
+    """Value (and gradient) with an error estimate below ``tol`` where the node budget allows.
 
-    Returns (value, error, grad or None, levels used for the returned value).
+    The rule Q at ``levels`` (per element or one pair) is paired with the same lattice shifted by h/2 in
+    every dimension, Q'. The finer value is the body-centred lattice rule ``(Q + Q') / 2``, whose leading
+    aliasing errors cancel, and the estimate is ``|Q - (Q + Q') / 2|`` (~ the error of Q; see
+    :func:`synthmodel._popquad.rule`). Elements whose estimate is >= tol are re-done at half the step.
+    ``coarse``: (loss, grad) already computed with Q at these weights, if any (saves one pass).
+    Returns (value, error, grad or None, levels (B, 2) of the last Q).
     """
-    coarse = _evaluate(world, form, w1, w2, eps, levels, order)
-    error = np.full_like(coarse[0], math.inf)
-    while True:
-        finer_levels = (levels[0] + 4, levels[1] + 4)
-        if finer_levels[0] > _pq.MAX_LEVEL or _nodes(world, finer_levels) > _NODE_BUDGET:
-            return coarse[0], error, coarse[1], levels  # budget reached: the last (larger) estimate
-        fine = _evaluate(world, form, w1, w2, eps, finer_levels, order)
-        error = np.abs(fine[0] - coarse[0])
-        levels = finer_levels
-        if float(error.max()) < tol:
-            return fine[0], error, fine[1], levels
-        coarse = fine
+    lv = _level_array(levels, w1.size).copy()
+    if coarse is None:
+        coarse = _evaluate(world, form, w1, w2, eps, lv, order)
+    value = coarse[0].copy()
+    grad = None if coarse[1] is None or order == 0 else coarse[1].copy()
+    error = np.full_like(value, math.inf)
+    todo = np.arange(w1.size)
+    first = True
+    while todo.size:
+        if not first:  # halve the step
+            finer = lv[todo] + 4
+            pairs, inv = np.unique(finer, axis=0, return_inverse=True)
+            ok = np.array([f[0] <= _pq.MAX_LEVEL and _nodes(world, (int(f[0]), int(f[1]))) <= _NODE_BUDGET
+                           for f in pairs])[inv.reshape(-1)]
+            todo, finer = todo[ok], finer[ok]  # budget reached elsewhere: the last (larger) estimate is kept
+            if not todo.size:
+                break
+            lv[todo] = finer
+            base = _evaluate(world, form, w1[todo], w2[todo], eps[todo], finer, order)
+        else:
+            base = (value[todo], None if grad is None else grad[todo])
+        first = False
+        shifted = _evaluate(world, form, w1[todo], w2[todo], eps[todo], lv[todo], order, offset=True)
+        error[todo] = 0.5 * np.abs(shifted[0] - base[0])
+        value[todo] = 0.5 * (shifted[0] + base[0])
+        if grad is not None:
+            grad[todo] = 0.5 * (shifted[1] + base[1])
+        todo = todo[error[todo] >= tol]
+    return value, error, grad, lv
 
 
 def robust_loss(world: FeatureModel | World | str, form: Formalisation, w1, w2, eps, *,
@@ -333,7 +382,7 @@ def robust_loss(world: FeatureModel | World | str, form: Formalisation, w1, w2, 
         world: an all-but-one-K world (or preset name, or :class:`World`).
         form: the formalisation.
         w1, w2, eps: scalars or arrays broadcast to shape (B,).
-        tol: refine (halve the step) until the error estimate |Q(h) - Q(h/2)| is below tol.
+        tol: refine (halve the step) until the error estimate |Q - Q_fine| is below tol.
 
     Returns:
         QuadResult with value and error, shape (B,). For joint attacks with label smoothing the integrand
@@ -439,8 +488,8 @@ def population_cas(world: FeatureModel | World | str, w1: float, w2: float, eps:
 
 # -- optimal weights -----------------------------------------------------------------------------
 def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: np.ndarray,
-                     signs: tuple[float, float], levels: tuple[int, int], iters: int = 80, xtol: float = 1e-11
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                     signs: tuple[float, float], levels, iters: int = 80, xtol: float = 1e-11,
+                     step_tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Minimise over the closed quadrant sign(w) = signs, vectorised over eps, by projected Newton.
 
     Inside a quadrant the objective is smooth (the |w| of the l_inf radius is linear there). Active set:
@@ -449,6 +498,7 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
     Returns w (B, 2), objective (B,), gradient (B, 2) and Hessian (B, 2, 2) at w, all at the fixed rule.
     """
     sign = np.array(signs)
+    lv = _level_array(levels, len(eps))
     u = np.maximum(start * sign, 0.0)
     active = np.ones(len(eps), dtype=bool)
 
@@ -456,7 +506,7 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
         w = uu * sign
         w1 = np.where(w[:, 0] == 0, 0.0 * sign[0], w[:, 0])  # signed zeros choose the quadrant's side
         w2 = np.where(w[:, 1] == 0, 0.0 * sign[1], w[:, 1])
-        return _evaluate(world, form, w1, w2, eps[idx], levels, 2)
+        return _evaluate(world, form, w1, w2, eps[idx], lv[idx], 2)
 
     loss, grad, hess = evaluate(u, np.arange(len(u)))
     for _ in range(iters):
@@ -473,6 +523,17 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
         shift = np.where(lam <= 1e-12, 1e-12 - lam + 1e-6 * np.abs(hb).max(axis=(1, 2)), 0.0)
         hb = hb + shift[:, None, None] * np.eye(2)
         step = -np.linalg.solve(hb, (np.where(free, g, 0.0))[..., None])[..., 0]
+        # quadratic convergence: a proposed step below step_tol (Hessian positive definite) means the iterate
+        # is within ~step_tol of this rule's optimum; it stops without evaluating the step (the caller's
+        # final Newton step with the finer rule's gradient takes it, leaving an error ~ step_tol^2)
+        tiny = ((np.abs(np.maximum(uu + step, 0.0) - uu).max(axis=1) <= step_tol * np.maximum(1.0, np.abs(uu).max(1)))
+                & (shift == 0))
+        if tiny.any():
+            active[idx[tiny]] = False
+            keep = ~tiny
+            idx, g, hb, uu, step = idx[keep], g[keep], hb[keep], uu[keep], step[keep]
+            if idx.size == 0:
+                break
         t = np.ones(idx.size)
         new_u = np.maximum(uu + step, 0.0)
         new_loss, new_grad, new_hess = evaluate(new_u, idx)
@@ -499,14 +560,14 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
 
 def _solve_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: np.ndarray,
                     signs: tuple[float, float]):
-    """Newton at a rule chosen from the weights; re-run (warm) while the solution needs a finer rule."""
-    levels = _pq.levels_for(world.k, world.sigma, start[:, 0], start[:, 1])
+    """Newton at per-element rules chosen from the weights; re-run (warm) where the solution needs finer ones."""
+    levels = _pq.level_array(world.k, world.sigma, start[:, 0], start[:, 1])
     for _ in range(6):
         w, loss, grad, hess = _newton_quadrant(world, form, eps, start, signs, levels)
-        need = _pq.levels_for(world.k, world.sigma, w[:, 0], w[:, 1])
-        if need[0] <= levels[0] and need[1] <= levels[1]:
+        need = _pq.level_array(world.k, world.sigma, w[:, 0], w[:, 1])
+        if np.all(need <= levels):
             break
-        levels, start = (max(need[0], levels[0]), max(need[1], levels[1])), w
+        levels, start = np.maximum(need, levels), w
     return w, loss, grad, hess, levels
 
 
@@ -605,10 +666,10 @@ def _optimise_free(world: World, form: Formalisation, eps: np.ndarray, start: np
         for s in starts:
             w, loss, grad, hess, levels = _solve_quadrant(world, form, eps, s * np.array(signs), signs)
             if best is None:
-                best = [w, loss, grad, hess, np.tile(levels, (b, 1))]
+                best = [w, loss, grad, hess, levels]
             else:
                 better = loss < best[1]
-                for i, new in enumerate((w, loss, grad, hess, np.tile(levels, (b, 1)))):
+                for i, new in enumerate((w, loss, grad, hess, levels)):
                     best[i] = np.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, best[i])
     return best
 
@@ -630,7 +691,7 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
     * fixed norm / share: 1-d global search (grid of 49 points, then Newton/bisection in the best cell).
 
     The rule is fixed per call, chosen from the largest sigma |w| of the batch (and re-chosen, warm, if
-    the solution needs a finer one); every result is then verified at half the step.
+    the solution needs a finer one); every result is then verified with the shifted rule (``_verified``).
 
     Args:
         eps: radii, shape (B,).
@@ -638,7 +699,7 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
         tol: target of the quadrature error estimate of the objective.
 
     Returns:
-        dict with w1, w2, objective (B,) (at the verified rule), quad_error (B,) (|Q(h) - Q(h/2)| of the
+        dict with w1, w2, objective (B,) (at the verified rule), quad_error (B,) (|Q - Q_fine| of the
         objective), w_error (B,) (max |H^-1 g| over free coordinates, g the gradient at the verified rule:
         how far the weights may be from the optimum of the more exact objective), method (str), convex (bool).
     """
@@ -656,21 +717,28 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
         w_error = np.where(pinned, 0.0, np.abs(d1) / np.where(d2 > 0, d2, np.nan))
         return {"w1": w1, "w2": w2, "objective": value, "quad_error": error, "w_error": w_error,
                 "method": "1-d global search", "convex": form.convex}
-    w, _, _, hess, levels = _optimise_free(world, form, eps, start)
-    level = (int(levels[:, 0].max()), int(levels[:, 1].max()))
-    value, error, grad_fine, _ = _verified(world, form, w[:, 0], w[:, 1], eps, level, tol, order=1)
+    w, loss, grad, hess, levels = _optimise_free(world, form, eps, start)
+    value, error, grad_fine, _ = _verified(world, form, w[:, 0], w[:, 1], eps, levels, tol, order=1,
+                                           coarse=(loss, grad))
     free = ~((w == 0) & (grad_fine * np.copysign(1.0, w) > 0))
     hb = np.where(free[:, :, None] & free[:, None, :], hess, 0.0) + np.where(~free, 1.0, 0.0)[:, :, None] * np.eye(2)
+    # a singular Hessian (a degenerate optimum, e.g. w -> 0 at eps = mu/2 where no feature survives the
+    # attack) gets no correction; its w_error is then the gradient norm over the Hessian's largest eigenvalue
+    lam = np.linalg.eigvalsh(hb)
+    regular = lam[:, 0] > 1e-10 * np.maximum(lam[:, 1], 1e-300)
+    hb = np.where(regular[:, None, None], hb, np.eye(2)[None])
     correction = -np.linalg.solve(hb, np.where(free, grad_fine, 0.0)[..., None])[..., 0]
+    correction = np.where(regular[:, None], correction, 0.0)
     # w_error: the distance between the optimum at the working rule and at the verified (finer) one, i.e. the
     # size of the final Newton step taken with the finer rule's gradient; the returned (corrected) weights
     # are closer than that (the step's own error is second order in it)
-    w_error = np.abs(correction).max(axis=1)
+    w_error = np.where(regular, np.abs(correction).max(axis=1),
+                       np.abs(np.where(free, grad_fine, 0.0)).max(axis=1) / np.maximum(lam[:, 1], 1e-300))
     same_side = np.sign(w + correction) * np.sign(w) >= 0
     w = np.where(same_side & free, w + correction, w)
     method = ("projected Newton per quadrant (convex)" if form.convex
               else "multi-start projected Newton (global search)")
-    return {"w1": w[:, 0].copy(), "w2": w[:, 1].copy(), "objective": value, "quad_error": error, "w_error": w_error,
+    return {"w1": w[:, 0] + 0.0, "w2": w[:, 1] + 0.0, "objective": value, "quad_error": error, "w_error": w_error,
             "method": method, "convex": form.convex}
 
 

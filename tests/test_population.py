@@ -75,6 +75,31 @@ def test_two_orders_agree_within_error_estimate():
     assert res.error[0] < 1e-8
 
 
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+def test_shifted_lattice_estimates_the_rule_error(k, alpha):
+    # the engine's error estimate |Q - (Q + Q')/2| (Q' = Q shifted by h/2 in every dimension): both rules see
+    # the leading aliasing error (the +-1/h Fourier modes of each dimension) with opposite signs, so half their
+    # difference is Q's error up to the next modes (squares / products of the leading ones, relatively ~the
+    # error itself, < 1e-7 here), and their mean has errors of that second order. Checked against the rule at
+    # 1/4 (K=3; 1/2 for K=4, to keep the 3-d rule small) of the step, whose own error is far below 1e-13.
+    from synthmodel import _popquad
+    w1, w2, eps = np.array([3.0, 6.0, 4.0]), np.array([2.0, 5.0, 1.0]), np.array([0.2, 0.05, 0.3])
+
+    def q(levels, offset):
+        if alpha == 0.0:
+            return _popquad.hard_eval(k, 1.0, 0.5, "linf", w1, w2, eps, levels, 0, offset)[0]
+        return _popquad.soft_eval(k, 1.0, 0.5, "linf", "logitwise", alpha, w1, w2, eps, levels, 0, offset)[0]
+
+    coarse, shifted = q((0, 0), False), q((0, 0), True)
+    ref = q((8, 8) if k == 3 else (4, 4), False)
+    estimate, true = 0.5 * np.abs(coarse - shifted), np.abs(coarse - ref)
+    big = true > 1e-11  # above rounding (values O(1), ~1e3 nodes: 1e-13)
+    assert big.any()
+    np.testing.assert_allclose(estimate[big], true[big], rtol=0.1)
+    assert np.all(np.abs(0.5 * (coarse + shifted) - ref) <= 0.1 * estimate + 1e-13)
+
+
 def test_joint_equals_logitwise_for_hard_labels_and_bounds_it_otherwise():
     w1, w2, eps = [2.0, 1.0, 4.0], [0.5, 1.0, -0.3], [0.1, 0.2, 0.3]
     joint = robust_loss(PAPER3, Formalisation(attack="joint"), w1, w2, eps).value
@@ -263,6 +288,14 @@ def test_closed_form_sign_matches_numeric_first_order_condition(norm):
         assert th.eps is None and th.method.startswith("closed form")
         expected = np.sign(2 * th.grid - PAPER3.mu) if norm == "linf" else -np.ones_like(th.grid)
         assert np.all(np.sign(th.derivative) == expected)
+
+
+def test_joint_label_smoothing_at_half_mu_is_degenerate_not_an_error():
+    # at eps = mu/2 the singular Hessian of a degenerate optimum must not raise (it did: LinAlgError); w = 0
+    # is feasible with objective exactly log K (uniform logits), so the reported minimum is at most that
+    point = theory_point({"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.5, "alpha": 0.1, "attack": "joint"})
+    assert point["robust_loss"] <= math.log(3) + 1e-12
+    assert math.isfinite(point["w1"]) and math.isfinite(point["w2"])
 
 
 def test_curve_optimum_reports_verified_errors():
