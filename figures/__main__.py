@@ -14,8 +14,8 @@ from .data import Sources, discover_stores
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m figures",
-                                description="Regenerate every figure (PNG and PDF) from sweep stores and real-data CAS "
-                                            "folders; figures whose data is absent are skipped with a notice.")
+                       description="Regenerate every figure (PNG and PDF) from sweep stores and real-data CAS "
+                                   "folders; figures whose data is absent are skipped with a notice.")
     p.add_argument("--out", default="results/figures", help="output folder (default %(default)s)")
     p.add_argument("--store", nargs="+", default=None, metavar="DIR",
                    help="sweep output folders (default: every folder under results/ holding sweep.sqlite)")

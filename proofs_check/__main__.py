@@ -16,8 +16,8 @@ from .derivations import first_order_condition, worst_case
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m proofs_check",
-                                description="Verdicts on the paper's claims 1-3 per formalisation (attack, norm, "
-                                            "weight constraint), computed by the exact population engine.")
+                       description="Verdicts on the paper's claims 1-3 per formalisation (attack, norm, "
+                                   "weight constraint), computed by the exact population engine.")
     p.add_argument("--preset", default="paper3", help="paper3 | all-but-one-K (K = 3 or 4)")
     p.add_argument("--mu", type=float, default=1.0, help="feature mean (default %(default)s)")
     p.add_argument("--sigma", type=float, default=0.5, help="feature std (default %(default)s)")

@@ -93,8 +93,8 @@ def plot_heatmaps(matrices: list[np.ndarray], titles: list[str], path: Path) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m real_data.cas",
-                                description="Clean accuracy, PGD robust accuracy, class matrix C and CAS of each "
-                                            "checkpoint on the full test split.")
+                       description="Clean accuracy, PGD robust accuracy, class matrix C and CAS of each "
+                                   "checkpoint on the full test split.")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE",
                    help="real_data checkpoints or official bare state_dicts")
     p.add_argument("--dataset", required=True, help="cifar10:DIR | cifar100:DIR | npz:FILE")

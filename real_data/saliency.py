@@ -90,8 +90,8 @@ def saliency_grid(models: list[ImageClassifier], names: list[str], data: ImageDa
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m real_data.saliency",
-                                description="Grad-CAM maps of chosen test images under each checkpoint (e.g. best "
-                                            "vs last), as one PNG grid.")
+                       description="Grad-CAM maps of chosen test images under each checkpoint (e.g. best "
+                                   "vs last), as one PNG grid.")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE")
     p.add_argument("--dataset", required=True, help="cifar10:DIR | cifar100:DIR | npz:FILE")
     p.add_argument("--indices", type=int, nargs="+", default=[0, 1, 2, 3], help="test image indices")

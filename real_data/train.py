@@ -437,9 +437,9 @@ def train(config: TrainConfig, out: str | Path, *, device: str = "auto", resume:
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(dataset="")
     p = ArgumentParser(prog="python -m real_data.train",
-                                description="Adversarial training on CIFAR-10/100 or an .npz image set with the "
-                                            "paper's official recipe as the default; per-epoch PGD-20 test "
-                                            "evaluation, CSV log, best/last/every-k checkpoints, resumable.")
+                       description="Adversarial training on CIFAR-10/100 or an .npz image set with the "
+                                   "paper's official recipe as the default; per-epoch PGD-20 test "
+                                   "evaluation, CSV log, best/last/every-k checkpoints, resumable.")
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", required=True, help="cifar10:DIR | cifar100:DIR | npz:FILE")
     g.add_argument("--arch", choices=list(ARCHS), default=d.arch)

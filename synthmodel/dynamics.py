@@ -445,9 +445,9 @@ def _run_with_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m synthmodel.dynamics",
-                                description="Run the training-dynamics experiments (AT per epoch, CAS drop over "
-                                            "eps, soft labels) with a local process pool and write results.csv "
-                                            "and tables.md.")
+                       description="Run the training-dynamics experiments (AT per epoch, CAS drop over "
+                                   "eps, soft labels) with a local process pool and write results.csv "
+                                   "and tables.md.")
     p.add_argument("--experiment", choices=[*EXPERIMENTS, "all"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the experiment's seeds")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default %(default)s)")

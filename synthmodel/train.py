@@ -471,8 +471,8 @@ def _bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     p = ArgumentParser(prog="python -m synthmodel.train",
-                                description="Train one model in the synthetic cross-class world and report "
-                                            "clean/robust accuracy, CAS and (tied model) w1, w2 per epoch.")
+                       description="Train one model in the synthetic cross-class world and report "
+                                   "clean/robust accuracy, CAS and (tied model) w1, w2 per epoch.")
     g = p.add_argument_group("world")
     g.add_argument("--preset", default=defaults.preset, help="paper3 | all-but-one-K | pairs-K | ring-K (K a number)")
     g.add_argument("--k", type=int, default=None, help="number of classes when the preset is spelled with K")
