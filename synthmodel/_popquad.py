@@ -297,3 +297,86 @@ def soft_eval(k: int, mu: float, sigma: float, norm: str, attack: str, alpha: fl
     grad = np.einsum("bna,n->ba", grad_n, wn)
     hess = np.einsum("bnac,n->bac", hess_n, wn) if order == 2 else None
     return loss, grad, hess
+
+
+def kd_rule(k: int, level_xi: int, level_eta: int, offset: bool = False):
+    """Nodes of the distillation integral: e (standardised E), c = v / sqrt(K-1) + d (standardised C_k), weights.
+
+    The teacher's margins involve ``a1 e + a2 mean(c)``, a direction in (e, v) other than the student's xi, so
+    the distillation integral keeps both: e and v = sqrt(K-1) mean(c) on the xi level's line, the deviations
+    d = Q eta as in :func:`rule`. Returns e (N,), c (N, K-1), weights (N,), N = I * I * J.
+    """
+    _, _, dev, weta = rule(k, level_xi, level_eta, offset)
+    t, wt = _line(level_xi, False, offset)
+    if t.size * t.size * dev.shape[0] > 1_000_000:
+        raise ValueError(f"distillation quadrature at levels ({level_xi}, {level_eta}) needs "
+                         f"{t.size * t.size * dev.shape[0]} nodes: too many (a sharper teacher, larger |w| or T)")
+    e = np.repeat(t, t.size * dev.shape[0])
+    v = np.tile(np.repeat(t, dev.shape[0]), t.size)
+    c = v[:, None] / math.sqrt(k - 1) + np.tile(dev, (t.size * t.size, 1))
+    wn = np.outer(np.outer(wt, wt).ravel(), weta).ravel()
+    return e, c, wn
+
+
+def kd_targets(mu: float, sigma: float, teacher: tuple[float, float, float], e: np.ndarray, c: np.ndarray
+               ) -> np.ndarray:
+    """Teacher soft labels ``softmax(teacher_logits / T)`` at the nodes (N, K), index 0 = the true class.
+
+    The teacher is the tied model (a1, a2) on the *clean* input: its logit minus the true one is
+    ``-(a1 E + a2 C_k)`` for wrong class k, with E = mu + sigma e, C_k = mu + sigma c_k.
+    """
+    a1, a2, temp = teacher
+    logits = np.concatenate([np.zeros((e.size, 1)), -(a1 * (mu + sigma * e)[:, None] + a2 * (mu + sigma * c))],
+                            axis=1) / temp
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, float, float], w1, w2, eps,
+            levels: tuple[int, int], order: int = 2, offset: bool = False):
+    """Logitwise robust distillation loss ``E sum_c t_c(x) CE(z + R [j != c], c)``: loss, grad, Hessian.
+
+    t = :func:`kd_targets` (teacher on the clean input, independent of the student's weights, so the
+    gradient and Hessian are those of the label-smoothing case with per-node target weights). The student's
+    margins are ``M_k = (w1 + w2) mu + sigma (w1 e + w2 c_k)``: linear in w, so d2M/dw2 = 0 and the only
+    second-order term besides the softmax covariance is the radius's.
+    """
+    e, c, wn = kd_rule(k, *levels, offset)
+    tgt = kd_targets(mu, sigma, teacher, e, c)                                  # (N, K)
+    b, n = w1.size, e.size
+    _, _, _, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
+    margins = ((w1 + w2) * mu)[:, None, None] + sigma * (w1[:, None, None] * e[None, :, None]
+                                                        + w2[:, None, None] * c[None])        # (B, N, K-1)
+    z = np.concatenate([np.zeros((b, n, 1)), -margins], axis=-1)                             # (B, N, K)
+    eye = np.eye(k)
+    node_loss = np.zeros((b, n))
+    grad_n = np.zeros((b, n, 2)) if order >= 1 else None
+    hess_n = np.zeros((b, n, 2, 2)) if order == 2 else None
+    if order >= 1:
+        jz = np.zeros((b, n, k, 2))
+        jz[:, :, 1:, 0] = -(mu + sigma * e)[None, :, None]
+        jz[:, :, 1:, 1] = -(mu + sigma * c)[None]
+    for cls in range(k):
+        s = 1.0 - eye[cls]
+        y = z + radius[:, None, None] * s
+        ymax = y.max(axis=-1, keepdims=True)
+        ey = np.exp(y - ymax)
+        tot = ey.sum(-1, keepdims=True)
+        weight = tgt[None, :, cls]                                                          # (1, N)
+        node_loss += weight * (np.log(tot[..., 0]) + ymax[..., 0] - y[..., cls])
+        if order == 0:
+            continue
+        p = ey / tot
+        jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
+        g = p - eye[cls]
+        grad_n += weight[..., None] * np.einsum("bnk,bnka->bna", g, jy)
+        if order == 2:
+            pj = np.einsum("bnk,bnka->bna", p, jy)
+            h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
+            h += (g @ s)[..., None, None] * d2_radius[:, None]
+            hess_n += weight[..., None, None] * h
+    loss = node_loss @ wn
+    grad = np.einsum("bna,n->ba", grad_n, wn) if order >= 1 else None
+    hess = np.einsum("bnac,n->bac", hess_n, wn) if order == 2 else None
+    return loss, grad, hess
