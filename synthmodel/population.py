@@ -38,6 +38,17 @@ dual l1) or ``sqrt(2 (w1^2 + w2^2))`` (l2).
   For l2 the joint inner maximum couples the coordinates through one norm budget; no exact engine
   here: ``joint`` + ``l2`` raises ValueError.
 
+**Distillation** (``Formalisation(loss='kd', teacher_w1=a1, teacher_w2=a2, temperature=T)``, logitwise
+only): targets ``t = softmax(teacher_logits / T)`` of the tied teacher (a1, a2) on the *clean* input (there is
+no single adversarial input under the logitwise attack; the clean input is also what
+:func:`synthmodel.train.logitwise_objective` gets from the training loop), loss
+``E sum_c t_c CE(z + eps r [k != c], c)`` at student temperature 1. The teacher's margins
+``a1 E + a2 C_k`` involve another direction of (e, mean(c)) than the student's xi, so this integral is over
+(e, v = sqrt(K-1) mean(c), eta): K dimensions, 3 for paper3 (:func:`synthmodel._popquad.kd_eval`).
+``joint`` + ``kd`` raises ValueError: with the teacher at x + delta the target depends on delta, the soft
+CE is not convex in delta, and its maximum over the box need not be at a vertex. proofs_check/README.md
+("Distillation") has the details and the Claim-3 check.
+
 Robust accuracy (probability of being correct under every perturbation of the ball) is exact for
 linear models and the same for both attacks: ``P(min_k M_k > eps r)``, a 1-d integral (see
 :func:`robust_accuracy`).
@@ -112,7 +123,12 @@ def world_from(world: FeatureModel | str | World, mu: float | None = None, sigma
 
 @dataclass(frozen=True)
 class Formalisation:
-    """One choice of attack model, norm, targets and weight constraint (DESIGN.md "Formalisations")."""
+    """One choice of attack model, norm, targets and weight constraint (DESIGN.md "Formalisations").
+
+    ``loss``: ``'ce'`` (cross-entropy, label-smoothed by ``alpha``) or ``'kd'`` (distillation: targets
+    ``softmax(teacher_logits / temperature)`` of the tied teacher (teacher_w1, teacher_w2) on the clean
+    input; needs alpha = 0 and attack 'logitwise'). The teacher fields are ignored for ``'ce'``.
+    """
 
     attack: str = "logitwise"
     norm: str = "linf"
