@@ -352,6 +352,9 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
             elif form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
                 out = _pq.hard_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair, order,
                                    offset)
+            elif form.attack == "joint" and _JOINT_SPLIT:  # xi lines split at the adversary's tie points
+                out = _pq.joint_split_eval(world.k, world.mu, world.sigma, form.norm, form.alpha, w1[sl], w2[sl],
+                                           eps[sl], pair, order, offset)
             else:
                 out = _pq.soft_eval(world.k, world.mu, world.sigma, form.norm, form.attack, form.alpha, w1[sl],
                                     w2[sl], eps[sl], pair, order, offset)
@@ -376,6 +379,7 @@ def _np_batch(*arrays) -> list[np.ndarray]:
     return [np.broadcast_to(a, (size,)).copy() if a.size == 1 else a.copy() for a in arrs]
 
 
+_JOINT_SPLIT = True  # joint + label smoothing: Gauss-Legendre on xi pieces between tie points (else trapezoid)
 _NODE_BUDGET = 200_000  # nodes of one rule; beyond this refinement stops and the larger error estimate is kept
 
 
