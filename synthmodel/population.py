@@ -34,7 +34,9 @@ dual l1) or ``sqrt(2 (w1^2 + w2^2))`` (l2).
   ``z_k - z_y`` by the same amount) and term-specific ones (x_Ek, x_Ck: they move only ``z_k - z_y``),
   so ``z_k - z_y`` shifts by ``c (s_0 + s_k)`` with ``c = eps (|w1| + |w2|)`` and signs s in {-1, +1}^K
   chosen freely; the loss is convex in delta, so its maximum over the box is the maximum over these
-  2^K sign patterns: *exact*. For hard labels the all-plus pattern wins and joint == logitwise.
+  2^K sign patterns: *exact*. For hard labels the all-plus pattern wins and joint == logitwise. With label
+  smoothing the integrand is a maximum of smooth pieces: each xi line is split at the patterns' tie points
+  (closed form, :func:`synthmodel._popquad.joint_split_eval`) and integrated piecewise by Gauss-Legendre.
   For l2 the joint inner maximum couples the coordinates through one norm budget; no exact engine
   here: ``joint`` + ``l2`` raises ValueError.
 
