@@ -148,3 +148,39 @@ def test_joint_label_smoothing_split_rule_is_smooth_in_weights_and_converged_in_
     t14 = _popquad.soft_eval(3, 1.0, 0.5, "linf", "joint", 0.1, w1, w2, eps, (14, 14), 0)[0][0]
     split = _popquad.joint_split_eval(*args, w1, w2, eps, (6, 16), 0)[0][0]
     assert abs(split - t14) < 3 * abs(t14 - t12) + 1e-9
+
+
+def test_monte_carlo_distillation_optimum_converges_to_population():
+    # minimise the sampled logitwise distillation objective of synthmodel.train exactly (LBFGS) on n samples;
+    # the sample minimiser deviates from the population one by ~ sqrt(diag(H^-1 J H^-1) / n) (M-estimation,
+    # J the per-sample gradient covariance, estimated from 100 batch means of 400); allow 5 of those
+    from synthmodel.population import optimal_weights
+    world = make_preset("paper3")
+    n = 40_000
+    x, y = sample(world, n, 8, dtype="float64")
+    with torch.no_grad():
+        teacher_logits = TiedLinear(world, 1.5, 0.9, dtype=torch.float64)(x)
+    model = TiedLinear(world, 1.0, 0.5, dtype=torch.float64)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = logitwise_objective(model, x, y, 0.15, "linf", teacher_logits=teacher_logits, temperature=2.0)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    form = _kd("linf", 1.5, 0.9, 2.0)
+    pop = optimal_weights(PAPER3, form, [0.15])
+    w_pop = np.array([pop["w1"][0], pop["w2"][0]])
+    _, _, hess = loss_derivatives(PAPER3, form, *w_pop, 0.15)
+    m = TiedLinear(world, *w_pop, dtype=torch.float64)
+    per_grads = []
+    for i in range(0, n, 400):
+        sl = slice(i, i + 400)
+        loss = logitwise_objective(m, x[sl], y[sl], 0.15, "linf", teacher_logits=teacher_logits[sl], temperature=2.0)
+        per_grads.append([float(v) for v in torch.autograd.grad(loss, [m.head.w1, m.head.w2])])
+    cov = np.cov(np.array(per_grads).T) * 400
+    hinv = np.linalg.inv(hess[0])
+    se = np.sqrt(np.diag(hinv @ cov @ hinv) / n)
+    assert abs(float(model.w1) - w_pop[0]) < 5 * se[0] and abs(float(model.w2) - w_pop[1]) < 5 * se[1]
