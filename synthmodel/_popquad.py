@@ -297,3 +297,198 @@ def soft_eval(k: int, mu: float, sigma: float, norm: str, attack: str, alpha: fl
     grad = np.einsum("bna,n->ba", grad_n, wn)
     hess = np.einsum("bnac,n->bac", hess_n, wn) if order == 2 else None
     return loss, grad, hess
+
+
+def kd_rule(k: int, level_xi: int, level_eta: int, offset: bool = False):
+    """Nodes of the distillation integral: e (standardised E), c = v / sqrt(K-1) + d (standardised C_k), weights.
+
+    The teacher's margins involve ``a1 e + a2 mean(c)``, a direction in (e, v) other than the student's xi, so
+    the distillation integral keeps both: e and v = sqrt(K-1) mean(c) on the xi level's line, the deviations
+    d = Q eta as in :func:`rule`. Returns e (N,), c (N, K-1), weights (N,), N = I * I * J.
+    """
+    _, _, dev, weta = rule(k, level_xi, level_eta, offset)
+    t, wt = _line(level_xi, False, offset)
+    if t.size * t.size * dev.shape[0] > 1_000_000:
+        raise ValueError(f"distillation quadrature at levels ({level_xi}, {level_eta}) needs "
+                         f"{t.size * t.size * dev.shape[0]} nodes: too many (a sharper teacher, larger |w| or T)")
+    e = np.repeat(t, t.size * dev.shape[0])
+    v = np.tile(np.repeat(t, dev.shape[0]), t.size)
+    c = v[:, None] / math.sqrt(k - 1) + np.tile(dev, (t.size * t.size, 1))
+    wn = np.outer(np.outer(wt, wt).ravel(), weta).ravel()
+    return e, c, wn
+
+
+def kd_targets(mu: float, sigma: float, teacher: tuple[float, float, float], e: np.ndarray, c: np.ndarray
+               ) -> np.ndarray:
+    """Teacher soft labels ``softmax(teacher_logits / T)`` at the nodes (N, K), index 0 = the true class.
+
+    The teacher is the tied model (a1, a2) on the *clean* input: its logit minus the true one is
+    ``-(a1 E + a2 C_k)`` for wrong class k, with E = mu + sigma e, C_k = mu + sigma c_k.
+    """
+    a1, a2, temp = teacher
+    logits = np.concatenate([np.zeros((e.size, 1)), -(a1 * (mu + sigma * e)[:, None] + a2 * (mu + sigma * c))],
+                            axis=1) / temp
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, float, float], w1, w2, eps,
+            levels: tuple[int, int], order: int = 2, offset: bool = False):
+    """Logitwise robust distillation loss ``E sum_c t_c(x) CE(z + R [j != c], c)``: loss, grad, Hessian.
+
+    t = :func:`kd_targets` (teacher on the clean input, independent of the student's weights, so the
+    gradient and Hessian are those of the label-smoothing case with per-node target weights). The student's
+    margins are ``M_k = (w1 + w2) mu + sigma (w1 e + w2 c_k)``: linear in w, so d2M/dw2 = 0 and the only
+    second-order term besides the softmax covariance is the radius's.
+    """
+    e, c, wn = kd_rule(k, *levels, offset)
+    tgt = kd_targets(mu, sigma, teacher, e, c)                                  # (N, K)
+    b, n = w1.size, e.size
+    _, _, _, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
+    margins = ((w1 + w2) * mu)[:, None, None] + sigma * (w1[:, None, None] * e[None, :, None]
+                                                        + w2[:, None, None] * c[None])        # (B, N, K-1)
+    z = np.concatenate([np.zeros((b, n, 1)), -margins], axis=-1)                             # (B, N, K)
+    eye = np.eye(k)
+    node_loss = np.zeros((b, n))
+    grad_n = np.zeros((b, n, 2)) if order >= 1 else None
+    hess_n = np.zeros((b, n, 2, 2)) if order == 2 else None
+    if order >= 1:
+        jz = np.zeros((b, n, k, 2))
+        jz[:, :, 1:, 0] = -(mu + sigma * e)[None, :, None]
+        jz[:, :, 1:, 1] = -(mu + sigma * c)[None]
+    for cls in range(k):
+        s = 1.0 - eye[cls]
+        y = z + radius[:, None, None] * s
+        ymax = y.max(axis=-1, keepdims=True)
+        ey = np.exp(y - ymax)
+        tot = ey.sum(-1, keepdims=True)
+        weight = tgt[None, :, cls]                                                          # (1, N)
+        node_loss += weight * (np.log(tot[..., 0]) + ymax[..., 0] - y[..., cls])
+        if order == 0:
+            continue
+        p = ey / tot
+        jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
+        g = p - eye[cls]
+        grad_n += weight[..., None] * np.einsum("bnk,bnka->bna", g, jy)
+        if order == 2:
+            pj = np.einsum("bnk,bnka->bna", p, jy)
+            h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
+            h += (g @ s)[..., None, None] * d2_radius[:, None]
+            hess_n += weight[..., None, None] * h
+    loss = node_loss @ wn
+    grad = np.einsum("bna,n->ba", grad_n, wn) if order >= 1 else None
+    hess = np.einsum("bnac,n->bac", hess_n, wn) if order == 2 else None
+    return loss, grad, hess
+
+
+_GL_NODES = 12  # Gauss-Legendre nodes per piece of an xi line (the shifted rule uses 16)
+
+
+def _joint_xi_nodes(k: int, mu: float, sigma: float, alpha: float, w1, w2, sd, radius, dev: np.ndarray,
+                    level_xi: int, offset: bool) -> tuple[np.ndarray, np.ndarray]:
+    """xi nodes (B, J, M) and Gauss-Legendre weights times phi (B, J, M), the lines split at the tie points.
+
+    Along a line (fixed eta) every wrong logit moves by u = -sigma sd xi, so pattern P's value is
+    ``log(1 + B_P e^u) - (1 - tau_0) u - C_P`` and two patterns cross at most once, where
+    ``e^u = expm1(D) / (B_P - e^D B_Q)``, D = C_P - C_Q. Crossings in |xi| < 8 where the pair is on top of the
+    envelope are the breakpoints; [-8, 8] is cut into panels of width <= 4 h (h the trapezoid step of this
+    level) and at the breakpoints, and each piece gets Gauss-Legendre nodes.
+    """
+    pats = joint_patterns(k)[:, 1:]                                           # (P, K-1)
+    tau = np.full(k, alpha / k)
+    tau[0] += 1.0 - alpha
+    c = 0.5 * radius                                                          # (B,)
+    a = -(((w1 + w2) * mu)[:, None, None] + sigma * w2[:, None, None] * dev[None])   # (B, J, K-1)
+    y = a[:, :, None, :] + c[:, None, None, None] * pats[None, None]          # (B, J, P, K-1)
+    ymax = y.max(-1)
+    log_b = np.log(np.exp(y - ymax[..., None]).sum(-1)) + ymax                # (B, J, P)
+    cc = y @ tau[1:]                                                          # (B, J, P)
+    p_idx, q_idx = np.triu_indices(pats.shape[0], 1)
+    d = cc[..., p_idx] - cc[..., q_idx]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ratio = np.expm1(d) / (np.exp(log_b[..., p_idx]) - np.exp(d + log_b[..., q_idx]))
+        u = np.log(ratio)                                                     # nan / -inf where no crossing
+        xi_cross = -u / np.maximum(sigma * sd, _TINY)[:, None, None]
+        ok = np.isfinite(xi_cross) & (np.abs(xi_cross) < _RANGE)
+        uu = np.where(ok, u, 0.0)
+        vals = (np.logaddexp(0.0, log_b[..., None, :] + uu[..., None]) - (1.0 - tau[0]) * uu[..., None]
+                - cc[..., None, :])                                           # (B, J, pairs, P)
+    top = vals.max(-1)
+    at_pair = np.take_along_axis(vals, p_idx[None, None, :, None].repeat(vals.shape[0], 0).repeat(
+        vals.shape[1], 1), axis=-1)[..., 0]
+    ok &= at_pair >= top - 1e-12 * (1.0 + np.abs(top))
+    bps = np.where(ok, xi_cross, _RANGE)
+    m = int(ok.sum(-1).max()) if ok.size else 0
+    bps = np.sort(bps, axis=-1)[..., :m]                                      # (B, J, m), padding at +8
+    width = min(2.0, 4.0 * h_of(level_xi))
+    n_panel = int(math.ceil(2 * _RANGE / width))
+    fixed = np.linspace(-_RANGE, _RANGE, n_panel + 1)
+    edges = np.sort(np.concatenate([np.broadcast_to(fixed, bps.shape[:2] + fixed.shape), bps], -1), -1)
+    lo, hi = edges[..., :-1], edges[..., 1:]
+    t, wt = np.polynomial.legendre.leggauss(16 if offset else _GL_NODES)
+    half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
+    xi = (mid[..., None] + half[..., None] * t).reshape(*edges.shape[:2], -1)
+    wgt = (half[..., None] * wt).reshape(xi.shape) * np.exp(-0.5 * xi * xi) / math.sqrt(2 * math.pi)
+    return xi, wgt
+
+
+def joint_split_eval(k: int, mu: float, sigma: float, norm: str, alpha: float, w1, w2, eps,
+                     levels: tuple[int, int], order: int = 2, offset: bool = False):
+    """Joint attack with label smoothing, xi lines split at the adversary's tie points (see _joint_xi_nodes).
+
+    Value and gradient integrands are smooth on every piece, so they converge geometrically; the Hessian is the
+    integral of the active pattern's Hessian (the breakpoints' boundary terms are left out: it is the Hessian
+    of the piecewise objective away from the ties, used by Newton as an approximation).
+    """
+    _, _, dev_1, weta = rule(k, *levels, offset)
+    b = w1.size
+    sd, dsd, d2sd, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
+    xi3, w3 = _joint_xi_nodes(k, mu, sigma, alpha, w1, w2, sd, radius, dev_1, levels[0], offset)
+    m = xi3.shape[-1]
+    xi = xi3.reshape(b, -1)                                                   # (B, N), N = J * M
+    wn = (w3 * weta[None, :, None]).reshape(b, -1)
+    dev = np.repeat(dev_1, m, axis=0)                                         # (N, K-1)
+    n = xi.shape[1]
+    margins = ((w1 + w2) * mu)[:, None, None] + sigma * (sd[:, None, None] * xi[..., None]
+                                                        + w2[:, None, None] * dev[None])
+    z = np.concatenate([np.zeros((b, n, 1)), -margins], axis=-1)
+    tau = np.full(k, alpha / k)
+    tau[0] += 1.0 - alpha
+    pats = joint_patterns(k)
+    values, cache = [], []
+    for pat in pats:
+        y = z + 0.5 * radius[:, None, None] * pat
+        ymax = y.max(axis=-1, keepdims=True)
+        ey = np.exp(y - ymax)
+        tot = ey.sum(-1, keepdims=True)
+        values.append(np.log(tot[..., 0]) + ymax[..., 0] - y @ tau)
+        cache.append(ey / tot)
+    values = np.stack(values, axis=-1)
+    pick = values.argmax(axis=-1)
+    loss = (np.take_along_axis(values, pick[..., None], axis=-1)[..., 0] * wn).sum(1)
+    if order == 0:
+        return loss, None, None
+    jz = np.zeros((b, n, k, 2))
+    jz[:, :, 1:, 0] = -(mu + sigma * dsd[:, 0, None] * xi)[..., None]
+    jz[:, :, 1:, 1] = -(mu + sigma * (dsd[:, 1, None, None] * xi[..., None] + dev[None]))
+    grad_n = np.zeros((b, n, 2))
+    hess_n = np.zeros((b, n, 2, 2)) if order == 2 else None
+    for t_idx, pat in enumerate(pats):
+        mask = (pick == t_idx).astype(np.float64)
+        if not mask.any():
+            continue
+        s = 0.5 * pat
+        p = cache[t_idx]
+        jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
+        g = p - tau
+        grad_n += mask[..., None] * np.einsum("bnk,bnka->bna", g, jy)
+        if order == 2:
+            pj = np.einsum("bnk,bnka->bna", p, jy)
+            h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
+            h += (-(g[..., 1:].sum(-1)) * sigma * xi)[..., None, None] * d2sd[:, None]
+            h += (g @ s)[..., None, None] * d2_radius[:, None]
+            hess_n += mask[..., None, None] * h
+    grad = np.einsum("bna,bn->ba", grad_n, wn)
+    hess = np.einsum("bnac,bn->bac", hess_n, wn) if order == 2 else None
+    return loss, grad, hess

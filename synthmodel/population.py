@@ -34,9 +34,22 @@ dual l1) or ``sqrt(2 (w1^2 + w2^2))`` (l2).
   ``z_k - z_y`` by the same amount) and term-specific ones (x_Ek, x_Ck: they move only ``z_k - z_y``),
   so ``z_k - z_y`` shifts by ``c (s_0 + s_k)`` with ``c = eps (|w1| + |w2|)`` and signs s in {-1, +1}^K
   chosen freely; the loss is convex in delta, so its maximum over the box is the maximum over these
-  2^K sign patterns: *exact*. For hard labels the all-plus pattern wins and joint == logitwise.
+  2^K sign patterns: *exact*. For hard labels the all-plus pattern wins and joint == logitwise. With label
+  smoothing the integrand is a maximum of smooth pieces: each xi line is split at the patterns' tie points
+  (closed form, :func:`synthmodel._popquad.joint_split_eval`) and integrated piecewise by Gauss-Legendre.
   For l2 the joint inner maximum couples the coordinates through one norm budget; no exact engine
   here: ``joint`` + ``l2`` raises ValueError.
+
+**Distillation** (``Formalisation(loss='kd', teacher_w1=a1, teacher_w2=a2, temperature=T)``, logitwise
+only): targets ``t = softmax(teacher_logits / T)`` of the tied teacher (a1, a2) on the *clean* input (there is
+no single adversarial input under the logitwise attack; the clean input is also what
+:func:`synthmodel.train.logitwise_objective` gets from the training loop), loss
+``E sum_c t_c CE(z + eps r [k != c], c)`` at student temperature 1. The teacher's margins
+``a1 E + a2 C_k`` involve another direction of (e, mean(c)) than the student's xi, so this integral is over
+(e, v = sqrt(K-1) mean(c), eta): K dimensions, 3 for paper3 (:func:`synthmodel._popquad.kd_eval`).
+``joint`` + ``kd`` raises ValueError: with the teacher at x + delta the target depends on delta, the soft
+CE is not convex in delta, and its maximum over the box need not be at a vertex. proofs_check/README.md
+("Distillation") has the details and the Claim-3 check.
 
 Robust accuracy (probability of being correct under every perturbation of the ball) is exact for
 linear models and the same for both attacks: ``P(min_k M_k > eps r)``, a 1-d integral (see
@@ -64,6 +77,7 @@ __all__ = [
 ]
 
 ATTACKS = ("joint", "logitwise")
+LOSSES = ("ce", "kd")  # cross-entropy (with label smoothing alpha) or distillation from a tied teacher
 NORMS = ("linf", "l2")
 # weights constraint -> meaning (documented in proofs_check/README.md)
 WEIGHTS = {
@@ -111,13 +125,22 @@ def world_from(world: FeatureModel | str | World, mu: float | None = None, sigma
 
 @dataclass(frozen=True)
 class Formalisation:
-    """One choice of attack model, norm, targets and weight constraint (DESIGN.md "Formalisations")."""
+    """One choice of attack model, norm, targets and weight constraint (DESIGN.md "Formalisations").
+
+    ``loss``: ``'ce'`` (cross-entropy, label-smoothed by ``alpha``) or ``'kd'`` (distillation: targets
+    ``softmax(teacher_logits / temperature)`` of the tied teacher (teacher_w1, teacher_w2) on the clean
+    input; needs alpha = 0 and attack 'logitwise'). The teacher fields are ignored for ``'ce'``.
+    """
 
     attack: str = "logitwise"
     norm: str = "linf"
     alpha: float = 0.0
     weights: str = "unconstrained"
     weight_decay: float = 0.0
+    loss: str = "ce"
+    teacher_w1: float = 1.0
+    teacher_w2: float = 0.0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.attack not in ATTACKS:
@@ -135,6 +158,32 @@ class Formalisation:
             raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
         if self.weights == "weight-decay" and self.weight_decay == 0:
             raise ValueError("weights 'weight-decay' needs weight_decay > 0")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for name in ("teacher_w1", "teacher_w2"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        if self.loss == "kd":
+            if self.alpha != 0.0:
+                raise ValueError("loss 'kd' takes its targets from the teacher: alpha must be 0 (use either label "
+                                 "smoothing or a teacher, not both)")
+            if self.attack == "joint":
+                raise ValueError("attack 'joint' with loss 'kd' has no exact population engine: the teacher's soft "
+                                 "labels at x + delta depend on delta, so the soft cross-entropy is not convex in "
+                                 "delta and its maximum over the eps-ball need not sit at a vertex; use attack "
+                                 "'logitwise' (teacher on the clean input)")
+
+    @property
+    def hard(self) -> bool:
+        """Hard labels: cross-entropy against the one-hot label (no smoothing, no teacher)."""
+        return self.alpha == 0.0 and self.loss == "ce"
+
+    @property
+    def teacher(self) -> tuple[float, float, float]:
+        """(teacher_w1, teacher_w2, temperature) of the distillation teacher."""
+        return (float(self.teacher_w1), float(self.teacher_w2), float(self.temperature))
 
     @property
     def convex(self) -> bool:
@@ -144,7 +193,7 @@ class Formalisation:
         non-negative combination of such terms. Joint with alpha > 0: the adversary may *lower* some
         logits (signs -1), which breaks convexity: not established, global search.
         """
-        return self.alpha == 0.0 or self.attack == "logitwise"
+        return self.hard or self.attack == "logitwise"
 
 
 # -- quadrature rules --------------------------------------------------------------------------
@@ -218,6 +267,8 @@ def _joint_patterns(k: int) -> torch.Tensor:
 def _node_loss(world: World, form: Formalisation, w1: torch.Tensor, w2: torch.Tensor, eps: torch.Tensor,
                level: tuple[int, int]) -> torch.Tensor:
     """Per-node robust loss, shape (B, N); w1, w2, eps of shape (B,)."""
+    if form.loss == "kd":
+        raise ValueError("the autograd reference has no distillation; use robust_loss / loss_derivatives")
     k, mu, sigma = world.k, world.mu, world.sigma
     xi, dev, _ = _rule(k, *level)
     sd = torch.sqrt(w1 * w1 + w2 * w2 / (k - 1) + 1e-300)
@@ -286,7 +337,7 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
     """
     b = w1.size
     lv = _level_array(levels, b)
-    max_work = max_work or (1 << 17 if form.alpha == 0.0 else 1 << 15)
+    max_work = max_work or (1 << 17 if form.hard else 1 << 15)
     loss = np.empty(b)
     grad = np.empty((b, 2)) if order >= 1 else None
     hess = np.empty((b, 2, 2)) if order >= 2 else None
@@ -294,12 +345,18 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
     for g, pair in enumerate(pairs):
         members = np.flatnonzero(inverse.reshape(-1) == g)
         pair = (int(pair[0]), int(pair[1]))
-        chunk = max(8, max_work // _nodes(world, pair))
+        chunk = max(8, max_work // _nodes(world, pair, form))
         for lo in range(0, members.size, chunk):
             sl = members[lo:lo + chunk]
-            if form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
+            if form.loss == "kd":
+                out = _pq.kd_eval(world.k, world.mu, world.sigma, form.norm, form.teacher, w1[sl], w2[sl], eps[sl],
+                                  pair, order, offset)
+            elif form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
                 out = _pq.hard_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair, order,
                                    offset)
+            elif form.attack == "joint" and _JOINT_SPLIT:  # xi lines split at the adversary's tie points
+                out = _pq.joint_split_eval(world.k, world.mu, world.sigma, form.norm, form.alpha, w1[sl], w2[sl],
+                                           eps[sl], pair, order, offset)
             else:
                 out = _pq.soft_eval(world.k, world.mu, world.sigma, form.norm, form.attack, form.alpha, w1[sl],
                                     w2[sl], eps[sl], pair, order, offset)
@@ -324,12 +381,32 @@ def _np_batch(*arrays) -> list[np.ndarray]:
     return [np.broadcast_to(a, (size,)).copy() if a.size == 1 else a.copy() for a in arrs]
 
 
+_JOINT_SPLIT = True  # joint + label smoothing: Gauss-Legendre on xi pieces between tie points (else trapezoid)
 _NODE_BUDGET = 200_000  # nodes of one rule; beyond this refinement stops and the larger error estimate is kept
 
 
-def _nodes(world: World, levels: tuple[int, int]) -> int:
+def _nodes(world: World, levels: tuple[int, int], form: Formalisation | None = None) -> int:
     xi, _, dev, _ = _pq.rule(world.k, *levels)
-    return xi.size * dev.shape[0]
+    # distillation integrates over (e, v) instead of xi alone: one more line of the xi level
+    return xi.size * dev.shape[0] * (xi.size if form is not None and form.loss == "kd" else 1)
+
+
+def _level_weights(form: Formalisation, w1, w2) -> tuple[np.ndarray, np.ndarray]:
+    """|weights| that set the rule's step: the student's, or for distillation the larger of the student's and
+    the teacher's over T (softmax(teacher / T) has its complex singularities ~pi T / (sigma |a|) off the axis)."""
+    w1, w2 = np.abs(np.asarray(w1, dtype=np.float64)), np.abs(np.asarray(w2, dtype=np.float64))
+    if form.loss == "kd":
+        a1, a2, temp = form.teacher
+        w1, w2 = np.maximum(w1, abs(a1) / temp), np.maximum(w2, abs(a2) / temp)
+    return w1, w2
+
+
+def _levels_for(world: World, form: Formalisation, w1, w2) -> tuple[int, int]:
+    return _pq.levels_for(world.k, world.sigma, *_level_weights(form, w1, w2))
+
+
+def _level_arr(world: World, form: Formalisation, w1, w2) -> np.ndarray:
+    return _pq.level_array(world.k, world.sigma, *_level_weights(form, w1, w2))
 
 
 def _verified(world: World, form: Formalisation, w1, w2, eps, levels, tol: float, order: int = 0,
@@ -355,7 +432,7 @@ def _verified(world: World, form: Formalisation, w1, w2, eps, levels, tol: float
         if not first:  # halve the step
             finer = lv[todo] + 4
             pairs, inv = np.unique(finer, axis=0, return_inverse=True)
-            ok = np.array([f[0] <= _pq.MAX_LEVEL and _nodes(world, (int(f[0]), int(f[1]))) <= _NODE_BUDGET
+            ok = np.array([f[0] <= _pq.MAX_LEVEL and _nodes(world, (int(f[0]), int(f[1])), form) <= _NODE_BUDGET
                            for f in pairs])[inv.reshape(-1)]
             todo, finer = todo[ok], finer[ok]  # budget reached elsewhere: the last (larger) estimate is kept
             if not todo.size:
@@ -391,7 +468,7 @@ def robust_loss(world: FeatureModel | World | str, form: Formalisation, w1, w2, 
     """
     world = world_from(world)
     w1, w2, eps = _np_batch(w1, w2, eps)
-    levels = _pq.levels_for(world.k, world.sigma, w1, w2)
+    levels = _levels_for(world, form, w1, w2)
     value, error, _, _ = _verified(world, form, w1, w2, eps, levels, tol)
     return QuadResult(value, error)
 
@@ -406,7 +483,7 @@ def loss_derivatives(world: World, form: Formalisation, w1, w2, eps, level: tupl
     """
     world = world_from(world)
     w1, w2, eps = _np_batch(w1, w2, eps)
-    level = level or _pq.levels_for(world.k, world.sigma, w1, w2)
+    level = level or _levels_for(world, form, w1, w2)
     return _evaluate(world, form, w1, w2, eps, level, 2)
 
 
@@ -561,10 +638,10 @@ def _newton_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: 
 def _solve_quadrant(world: World, form: Formalisation, eps: np.ndarray, start: np.ndarray,
                     signs: tuple[float, float]):
     """Newton at per-element rules chosen from the weights; re-run (warm) where the solution needs finer ones."""
-    levels = _pq.level_array(world.k, world.sigma, start[:, 0], start[:, 1])
+    levels = _level_arr(world, form, start[:, 0], start[:, 1])
     for _ in range(6):
         w, loss, grad, hess = _newton_quadrant(world, form, eps, start, signs, levels)
-        need = _pq.level_array(world.k, world.sigma, w[:, 0], w[:, 1])
+        need = _level_arr(world, form, w[:, 0], w[:, 1])
         if np.all(need <= levels):
             break
         levels, start = np.maximum(need, levels), w
@@ -605,7 +682,7 @@ def _curve_derivatives(world: World, form: Formalisation, t: np.ndarray, eps: np
 def _optimise_curve(world: World, form: Formalisation, eps: np.ndarray, grid: int = 48):
     """Global search on a 1-d feasible set: a grid, then safeguarded Newton inside the best cell."""
     curve, (lo, hi) = _curve(form, world.k)
-    levels = _pq.levels_for(world.k, world.sigma, np.ones(1), np.ones(1))  # |w1|, |w2| <= 1 on every curve
+    levels = _levels_for(world, form, np.ones(1), np.ones(1))  # |w1|, |w2| <= 1 on every curve
     b = len(eps)
     ts = np.linspace(lo, hi, grid + 1)
     tt = np.repeat(ts[None, :], b, axis=0).ravel()
@@ -658,7 +735,7 @@ def _optimise_free(world: World, form: Formalisation, eps: np.ndarray, start: np
         if keep.sum() >= 2:
             start = np.stack([PchipInterpolator(sub_eps[keep], coarse[0][keep, j])(eps) for j in range(2)], 1)
     start = _standard_start(world, b) if start is None else np.asarray(start, dtype=np.float64).reshape(b, 2)
-    quadrants = [(1.0, 1.0)] if form.alpha == 0.0 else list(product((1.0, -1.0), repeat=2))
+    quadrants = [(1.0, 1.0)] if form.hard else list(product((1.0, -1.0), repeat=2))
     starts = [np.abs(start)] if form.convex else [np.abs(start), np.abs(start) * [1.0, 0.1],
                                                    np.abs(start) * [0.1, 1.0]]
     best = None
@@ -754,20 +831,20 @@ def first_order_w2(world: FeatureModel | World | str, form: Formalisation, eps) 
     world = world_from(world)
     eps = np.atleast_1d(np.asarray(eps, dtype=np.float64)).reshape(-1)
     if form.weights in ("l1-share", "l2-norm", "class-l2-norm"):
-        levels = _pq.levels_for(world.k, world.sigma, np.ones(1), np.zeros(1))
+        levels = _levels_for(world, form, np.ones(1), np.zeros(1))
         _, d1, _ = _curve_derivatives(world, form, np.zeros_like(eps), eps, levels)
         return d1, np.ones_like(eps)
     # best w1 on the line w2 = 0 (1-d, convex when the objective is): Newton on w1 >= 0 and w1 <= 0
     zero = np.zeros_like(eps)
     best_w1, best_loss = None, None
-    for s1 in (1.0, -1.0) if form.alpha else (1.0,):
+    for s1 in (1.0, -1.0) if not form.hard else (1.0,):
         w1 = np.full(eps.size, s1 * 1.0)
         active = np.ones(eps.size, dtype=bool)
         for _ in range(100):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
-            levels = _pq.levels_for(world.k, world.sigma, w1[idx], zero[idx])
+            levels = _levels_for(world, form, w1[idx], zero[idx])
             _, g, h = _evaluate(world, form, w1[idx], zero[idx], eps[idx], levels, 2)
             pinned = (w1[idx] == 0) & (g[:, 0] * s1 > 0)  # at the half-line's end, derivative pointing out
             step = -g[:, 0] / np.maximum(h[:, 0, 0], 1e-12)
@@ -777,7 +854,7 @@ def first_order_w2(world: FeatureModel | World | str, form: Formalisation, eps) 
             new = np.where(pinned, w1[idx], new)
             active[idx] = ~pinned & (np.abs(new - w1[idx]) > 1e-12 * np.maximum(1.0, np.abs(w1[idx])))
             w1[idx] = new
-        levels = _pq.levels_for(world.k, world.sigma, w1, zero)
+        levels = _levels_for(world, form, w1, zero)
         loss = _evaluate(world, form, w1, zero, eps, levels, 0)[0]
         if best_w1 is None:
             best_w1, best_loss = w1, loss
@@ -785,7 +862,7 @@ def first_order_w2(world: FeatureModel | World | str, form: Formalisation, eps) 
             best_w1 = np.where(loss < best_loss, w1, best_w1)
             best_loss = np.minimum(loss, best_loss)
     w1_signed = np.where(best_w1 == 0, 0.0, best_w1)
-    levels = _pq.levels_for(world.k, world.sigma, w1_signed, zero)
+    levels = _levels_for(world, form, w1_signed, zero)
     _, g, _ = _evaluate(world, form, w1_signed, zero, eps, levels, 1)
     return g[:, 1], best_w1
 
@@ -815,7 +892,7 @@ def closed_form_sign(world: World, form: Formalisation, eps: np.ndarray) -> np.n
     derivative is 0 at w2 = 0) and along the l2 / class-l2 circles (tangent (0, c > 0) at w = (1, 0)); not
     for l1-share (tangent (-1, 1) mixes in dL/dw1). proofs_check/README.md step 4 derives it with sympy.
     """
-    if form.alpha != 0.0 or form.weights == "l1-share":
+    if not form.hard or form.weights == "l1-share":
         return None
     if form.norm == "linf":
         return np.sign(2.0 * eps - world.mu)
@@ -868,9 +945,14 @@ THEORY_PARAMS: dict[str, tuple] = {
     "norm": NORMS,
     "weights": tuple(WEIGHTS),
     "weight_decay": ("float", 0.0, math.inf),  # [0, inf); > 0 for weights='weight-decay'
+    "loss": LOSSES,                            # 'kd': distillation from the tied teacher below (alpha = 0)
+    "teacher_w1": ("float", -math.inf, math.inf),
+    "teacher_w2": ("float", -math.inf, math.inf),
+    "temperature": ("float", 0.0, math.inf),  # open interval (0, inf)
 }
+# what theory_point assumes for a key a grid leaves out
 THEORY_DEFAULTS = {"alpha": 0.0, "attack": "logitwise", "norm": "linf", "weights": "unconstrained",
-                   "weight_decay": 0.0}  # what theory_point assumes for a key a grid leaves out
+                   "weight_decay": 0.0, "loss": "ce", "teacher_w1": 1.0, "teacher_w2": 0.0, "temperature": 1.0}
 _DEFAULTS = THEORY_DEFAULTS
 
 
@@ -888,7 +970,7 @@ def _check_params(params: dict) -> dict:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{key} must be a finite number, got {value!r}")
             lo = allowed[1]
-            if key in ("mu", "sigma") and value <= lo:
+            if key in ("mu", "sigma", "temperature") and value <= lo:
                 raise ValueError(f"{key} must be > 0, got {value}")
             if value < lo or (key == "alpha" and value >= 1.0):
                 raise ValueError(f"{key} out of range, got {value}")
@@ -910,12 +992,14 @@ def theory_point(params: dict) -> dict:
 
     Args:
         params: flat dict; keys of :data:`THEORY_PARAMS` (preset, mu, sigma, eps required; alpha,
-            attack, norm, weights, weight_decay default to 0, logitwise, linf, unconstrained, 0).
+            attack, norm, weights, weight_decay default to 0, logitwise, linf, unconstrained, 0; loss,
+            teacher_w1, teacher_w2, temperature to 'ce', 1, 0, 1 (they matter only for loss='kd').
 
     Returns:
         flat dict of floats / None: w1, w2, ratio (w2/w1), robust_loss (objective without penalty),
         robust_acc, cas (clean inputs), cas_adv (l_inf adversarial inputs), eps0 (threshold with alpha = 0),
-        eps1 (threshold at the given alpha; None when alpha = 0), quad_error (largest error estimate),
+        eps1 (threshold of the given soft-target objective, label smoothing or distillation; None for hard
+        labels), quad_error (largest error estimate),
         convex (1.0 if convexity is established, else 0.0).
 
     Raises:
@@ -927,18 +1011,20 @@ def theory_point(params: dict) -> dict:
     except ValueError as exc:
         raise ValueError(f"preset: {exc}") from None
     world = world_from(k_world)
+    teacher = dict(loss=p["loss"], teacher_w1=float(p["teacher_w1"]), teacher_w2=float(p["teacher_w2"]),
+                   temperature=float(p["temperature"]))
     form = Formalisation(attack=p["attack"], norm=p["norm"], alpha=float(p["alpha"]), weights=p["weights"],
-                         weight_decay=float(p["weight_decay"]))
+                         weight_decay=float(p["weight_decay"]), **teacher)
     eps = float(p["eps"])
     opt = optimal_weights(world, form, [eps])
     w1, w2 = float(opt["w1"][0]), float(opt["w2"][0])
-    plain = Formalisation(attack=form.attack, norm=form.norm, alpha=form.alpha)  # no penalty
+    plain = Formalisation(attack=form.attack, norm=form.norm, alpha=form.alpha, **teacher)  # no penalty
     loss = robust_loss(world, plain, w1, w2, eps)
     acc = robust_accuracy(world, w1, w2, eps, form.norm)
     hard = Formalisation(attack=form.attack, norm=form.norm, alpha=0.0, weights=form.weights,
                          weight_decay=form.weight_decay)
     eps0 = threshold(world, hard).eps
-    eps1 = threshold(world, form).eps if form.alpha else None
+    eps1 = threshold(world, form).eps if not form.hard else None
     return {
         "w1": w1, "w2": w2, "ratio": w2 / w1 if w1 != 0 else None,
         "robust_loss": float(loss.value[0]), "robust_acc": float(acc.value[0]),
