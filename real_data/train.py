@@ -37,6 +37,7 @@ from synthmodel.attacks import Norm, pgd, preserve_mode
 from synthmodel.cli import ArgumentParser
 from synthmodel.losses import check_alpha, robust_objective, trades_attack_loss, trades_loss
 from synthmodel.sample import derive_seed
+from synthmodel.train import settings_from_dict
 
 from .data import ImageData, augment, load_dataset, to_float
 from .evaluate import ThreatModel, evaluate
@@ -181,11 +182,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data)
 
 
 def _arch_options(arch: str, width: int) -> dict[str, Any]:

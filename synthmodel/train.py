@@ -65,6 +65,15 @@ SCHEDULES = ("constant", "step", "cosine")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def settings_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build the settings dataclass ``cls`` from a dict, naming unknown keys instead of a TypeError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+    return cls(**data)
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (units in comments). Defaults: the paper's world, AT."""
@@ -157,11 +166,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data)
 
 
 def build_world(config: TrainConfig) -> FeatureModel:
