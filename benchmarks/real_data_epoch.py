@@ -1,6 +1,11 @@
 """One PGD-10 AT epoch of PreActResNet-18 on CIFAR-10-shaped data: real_data's trainer vs an official-style loop.
 
-Measured (the only numbers so far; no GPU was lent to the session that wrote this):
+Measured on one NVIDIA H200 (torch 2.11.0+cu130, 2026-11-27, via `bash benchmarks/gpu_check.sh OUT`):
+
+    defaults (n=50000, batch 128, bf16, channels_last, CUDA-graph attacks): 12.78 s, 3912 img/s,
+    9.89x the compute floor; baseline 874 img/s (n=5000) in the same run: 4.48x.
+    --no-cuda-graphs (n=20000): 1515 img/s (25.6x the floor). --batch-size 512: 5150 img/s (7.5x).
+    --compile (n=5000): 123 img/s, recompilations included (see real_data/README.md).
 
     CPU, 2 cores shared with other jobs, torch 2.13.0 CPU, fp32, n=32, batch 16, one run:
     `OMP_NUM_THREADS=2 python benchmarks/real_data_epoch.py --device cpu --n 32 --batch-size 16`
@@ -17,7 +22,8 @@ weight gradients), the training step forward + full backward (~3F): ~1.3 PFLOP f
 
 real_data side: `real_data.train.Trainer.fit_epoch` with its defaults on CUDA (bf16 autocast,
 channels_last, data as one uint8 tensor on the device, batched on-device crop/flip, attack
-gradients w.r.t. the perturbation only), optionally `--compile`.
+gradients w.r.t. the perturbation only with the weights frozen, each attack replayed from a CUDA
+graph), optionally `--no-cuda-graphs` (eager attacks) or `--compile`.
 Baseline, written in the official code's style for comparison only (not a library attack): a
 torch DataLoader over a Dataset doing per-image numpy reflect-pad/crop/flip (num_workers=0 as in
 the official code), fp32, contiguous memory, PGD whose steps call ``loss.backward()`` and so also
@@ -123,6 +129,12 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default 128 on CUDA, 16 on CPU")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="torch.compile real_data's forward")
+    p.add_argument("--compile-mode", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode (implies --compile; reduce-overhead = CUDA graphs); an experiment, "
+                        "not a real_data.train option")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="real_data with its attacks launched kernel by kernel (eager) instead of from CUDA graphs")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16 peak of the card for the floor ratio (H100/H200 SXM: 989)")
     p.add_argument("--skip-baseline", action="store_true")
@@ -145,8 +157,11 @@ def main() -> int:
     data = ImageData(name="random", x_train=torch.from_numpy(images), y_train=torch.from_numpy(labels),
                      x_test=torch.from_numpy(images[:batch]), y_test=torch.from_numpy(labels[:batch]),
                      class_names=tuple(str(i) for i in range(10)), mean=CIFAR10_MEAN, std=CIFAR10_STD)
-    config = TrainConfig(dataset="random", batch_size=batch, steps=args.steps, epochs=1, compile=args.compile)
+    config = TrainConfig(dataset="random", batch_size=batch, steps=args.steps, epochs=1,
+                         compile=args.compile and not args.compile_mode, cuda_graphs=args.cuda_graphs)
     trainer = Trainer(config, data, device)
+    if args.compile_mode:
+        trainer.forward = torch.compile(trainer.model, mode=args.compile_mode)
     flops_image = forward_flops(build_arch("preact-resnet18", n_classes=10, in_channels=3, mean=CIFAR10_MEAN,
                                            std=CIFAR10_STD), (3, 32, 32))
     epoch_flops = n * flops_image * (2 * args.steps + 3)
@@ -162,7 +177,8 @@ def main() -> int:
     _sync(device)
     ours = time.perf_counter() - start
     print(f"device {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), torch {torch.__version__}, "
-          f"n={n}, batch={batch}, PGD-{args.steps}")
+          f"n={n}, batch={batch}, PGD-{args.steps}, compile={args.compile_mode or args.compile}, "
+          f"cuda_graphs={args.cuda_graphs and not (args.compile or args.compile_mode) and cuda}")
     print(f"forward {flops_image / 1e9:.3f} GFLOP/image; epoch {epoch_flops / 1e15:.3f} PFLOP")
     print(f"real_data: {ours:.2f} s, {n / ours:.1f} img/s, {epoch_flops / ours / 1e12:.2f} TFLOP/s, "
           f"{ours / (epoch_flops / (args.peak_tflops * 1e12)):.2f}x the compute floor at {args.peak_tflops:g} TFLOP/s")

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthmodel.attacks import Norm
+from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
 from synthmodel.sample import derive_seed
 
 from .data import ImageData, load_dataset
 from .evaluate import Evaluation, ThreatModel, evaluate
+from .graphs import GraphedPGD
 from .models import ARCHS, ImageClassifier
 from .runtime import (
     MEMORY_FORMATS,
@@ -56,11 +58,12 @@ _DEFAULT_EPS = {"linf": 8.0, "l2": 128.0}  # 1/255 units
 def checkpoint_cas(model: ImageClassifier, data: ImageData, threat: ThreatModel, *, seed: int = 0,
                    n: int = 0, batch_size: int = 256, device: torch.device | None = None,
                    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                   progress: bool = False, desc: str = "cas") -> Evaluation:
+                   progress: bool = False, desc: str = "cas", pgd_fn: Callable = pgd) -> Evaluation:
     """Clean/robust accuracy and attribution (C, CAS) of ``model`` on the first ``n`` test images (0 = all).
 
     The attack's random start is drawn from a generator seeded by ``derive_seed(seed, "cas")``,
-    consumed batch by batch: the same for every model evaluated with the same arguments.
+    consumed batch by batch: the same for every model evaluated with the same arguments. ``pgd_fn``
+    runs the attack (a :class:`~real_data.graphs.GraphedPGD` replays CUDA graphs on a GPU).
     """
     device = device or torch.device("cpu")
     n = n or data.x_test.shape[0]
@@ -68,7 +71,8 @@ def checkpoint_cas(model: ImageClassifier, data: ImageData, threat: ThreatModel,
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "cas"))
     return evaluate(model, images, labels, threat, generator=generator, batch_size=batch_size, amp_dtype=amp_dtype,
-                    channels_last=channels_last, with_attribution=True, progress=progress, desc=desc)
+                    channels_last=channels_last, with_attribution=True, progress=progress, desc=desc,
+                    pgd_fn=pgd_fn)
 
 
 def plot_heatmaps(matrices: list[np.ndarray], titles: list[str], path: Path) -> None:
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="of the attack; features are float32")
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="launch the attack's kernels one by one instead of replaying CUDA graphs")
     p.add_argument("--out", metavar="DIR", help="write cas.csv, matrix_*.csv and heatmaps.png here")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     for index, (path, model) in enumerate(zip(args.checkpoint, models, strict=True)):
         ev = checkpoint_cas(model, data, threat, seed=args.seed, n=args.n, batch_size=args.batch_size, device=device,
                             amp_dtype=amp_dtype, channels_last=channels_last, progress=not args.quiet,
-                            desc=Path(path).name)
+                            desc=Path(path).name, pgd_fn=GraphedPGD() if args.cuda_graphs else pgd)
         model.cpu()
         matrix = ev.attribution.matrix
         matrices.append(matrix)

@@ -10,6 +10,7 @@ logits computed from them) are taken in float32, so C and CAS do not carry bf16 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +37,10 @@ class ThreatModel:
     random_start: bool = True
 
     def attack(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               generator: torch.Generator | None) -> torch.Tensor:
-        """x_adv for a batch x (N, C, H, W) in [0, 1], labels y (N,)."""
-        return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
+               generator: torch.Generator | None, pgd_fn: Callable = pgd) -> torch.Tensor:
+        """x_adv for a batch x (N, C, H, W) in [0, 1], labels y (N,); ``pgd_fn`` runs the attack
+        (:func:`synthmodel.attacks.pgd` or a :class:`~real_data.graphs.GraphedPGD`)."""
+        return pgd_fn(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
                    random_start=self.random_start, clamp=(0.0, 1.0), generator=generator, mode="eval")
 
 
@@ -56,7 +58,7 @@ class Evaluation:
 def evaluate(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, *,
              generator: torch.Generator | None, batch_size: int = 512, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False, with_attribution: bool = False, progress: bool = False,
-             forward: torch.nn.Module | None = None, desc: str = "eval") -> Evaluation:
+             forward: torch.nn.Module | None = None, desc: str = "eval", pgd_fn: Callable = pgd) -> Evaluation:
     """Evaluate ``model`` on uint8 images (N, H, W, C) with labels (N,), both on the model's device.
 
     Args:
@@ -70,6 +72,7 @@ def evaluate(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor,
         with_attribution: also accumulate C and CAS on the adversarial inputs.
         progress: tqdm bar on stderr.
         forward: module used for clean logits and the attack (e.g. a torch.compile'd ``model``).
+        pgd_fn: the attack's implementation (a :class:`~real_data.graphs.GraphedPGD` replays CUDA graphs).
     """
     if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
         raise ValueError(f"need as many labels as images (> 0), got {images.shape[0]} and {labels.shape[0]}")
@@ -91,7 +94,7 @@ def evaluate(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor,
             with autocast(device, amp_dtype):
                 with torch.no_grad():
                     clean += (forward(x).argmax(1) == y).sum()
-                x_adv = threat.attack(forward, x, y, generator)
+                x_adv = threat.attack(forward, x, y, generator, pgd_fn)
             with torch.no_grad():
                 features = model.features(x_adv).float()
                 logits = model.head(features)

@@ -41,6 +41,7 @@ from synthmodel.train import settings_from_dict
 
 from .data import ImageData, augment, load_dataset, to_float
 from .evaluate import ThreatModel, evaluate
+from .graphs import GraphedPGD
 from .models import ARCHS, ImageClassifier, build_arch, load_weights
 from .runtime import (
     CHECKPOINT_FORMAT,
@@ -107,6 +108,7 @@ class TrainConfig:
     precision: str = "auto"             # auto (bf16 autocast on CUDA) | bf16 | fp32
     memory_format: str = "auto"         # auto (channels_last on CUDA) | channels_last | contiguous
     compile: bool = False               # torch.compile the forward pass
+    cuda_graphs: bool = True            # on CUDA, replay each attack from a CUDA graph (not with compile)
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
@@ -220,6 +222,8 @@ class Trainer:
                                 seed=derive_seed(config.seed, "init"), **_arch_options(config.arch, config.width))
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.forward = torch.compile(self.model) if config.compile else self.model
+        graphs = config.cuda_graphs and not config.compile and device.type == "cuda"
+        self.pgd = GraphedPGD() if graphs else pgd
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.generators = {name: torch.Generator(device=device).manual_seed(derive_seed(config.seed, name))
@@ -262,11 +266,11 @@ class Trainer:
         if c.mode == Mode.TRADES.value:
             with torch.no_grad(), preserve_mode(self.model, c.bn_mode):
                 probs_natural = torch.softmax(self.forward(x).float(), dim=1)
-            x_adv = pgd(self.forward, x, probs_natural, loss_fn=trades_attack_loss, **attack)
+            x_adv = self.pgd(self.forward, x, probs_natural, loss_fn=trades_attack_loss, **attack)
             logits_adv = self.forward(x_adv)
             return trades_loss(self.forward(x), logits_adv, y, c.trades_beta, teacher_logits=self._teacher_logits(x),
                                **soft), logits_adv
-        x_adv = pgd(self.forward, x, y, **attack)
+        x_adv = self.pgd(self.forward, x, y, **attack)
         logits = self.forward(x_adv)
         return robust_objective(logits, y, teacher_logits=self._teacher_logits(x_adv), **soft), logits
 
@@ -328,7 +332,7 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(c.seed, "eval", self.epoch))
         return evaluate(self.model, self.data.x_test[:n], self.data.y_test[:n], threat, generator=generator,
                         batch_size=c.eval_batch_size, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                        progress=self.progress, forward=self.forward, desc=f"test {self.epoch}")
+                        progress=self.progress, forward=self.forward, desc=f"test {self.epoch}", pgd_fn=self.pgd)
 
     # -- state -------------------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
@@ -481,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--memory-format", choices=MEMORY_FORMATS, default=d.memory_format,
                    help="auto = channels_last on CUDA")
     g.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="launch the attacks' kernels one by one instead of replaying CUDA graphs")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="DIR")
     g.add_argument("--save-every", type=int, default=d.save_every, help="epoch_NNN.pt every k epochs (0 = never)")

@@ -40,7 +40,8 @@ from torch import nn
 from .models import linear_parameters
 
 __all__ = [
-    "Norm", "ATTACKS", "pgd", "fgsm", "random_start_delta", "preserve_mode", "linear_margins", "linear_worst_margins",
+    "Norm", "ATTACKS", "pgd", "fgsm", "random_start_delta", "preserve_mode", "frozen_parameters", "linear_margins",
+    "linear_worst_margins",
     "linear_robust_correct", "linear_logitwise_logits", "linear_pairwise_delta", "dual_norm",
 ]
 
@@ -74,6 +75,25 @@ def preserve_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
     finally:
         for module, training in saved:
             module.training = training
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Switch off ``requires_grad`` of the model's trainable parameters inside the block, then restore it.
+
+    An attack needs the gradient with respect to its input only. Eager autograd already skips weight
+    gradients that ``torch.autograd.grad(loss, delta)`` does not ask for, but it still saves the tensors
+    they would need, and a ``torch.compile``d backward computes every gradient its graph was traced with.
+    Freezing the parameters removes both costs; the input gradient is unchanged.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad] if isinstance(model, nn.Module) else []
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def _flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
@@ -114,7 +134,8 @@ def _sum_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm | str = Norm.LINF,
         steps: int = 10, step_size: float | None = None, random_start: bool = True,
         clamp: tuple[float, float] | None = None, loss_fn: LossFn | None = None,
-        generator: torch.Generator | None = None, mode: str | None = "eval") -> torch.Tensor:
+        generator: torch.Generator | None = None, mode: str | None = "eval",
+        start: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent on ``loss_fn`` (Madry et al. 2018).
 
     Args:
@@ -131,6 +152,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         generator: torch.Generator for the random start (reproducibility).
         mode: run the model in 'eval' (default, as the official CAS code) or 'train' mode, or None
             to keep its mode; the mode found is always restored.
+        start: the initial perturbation (shape of x, inside the ball), in place of ``random_start``;
+            ``pgd(..., start=random_start_delta(x, eps, norm, g))`` equals ``pgd(..., random_start=True,
+            generator=g)`` bit for bit (a CUDA-graphed attack draws its start outside the graph this way).
 
     Returns:
         x_adv, same shape and dtype as x, detached.
@@ -148,8 +172,13 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         return x.clone()
     step_size = eps / 4 if step_size is None else float(step_size)
     loss_fn = loss_fn or _sum_cross_entropy
-    with preserve_mode(model, mode):
-        delta = random_start_delta(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+    with preserve_mode(model, mode), frozen_parameters(model):
+        if start is not None:
+            if start.shape != x.shape:
+                raise ValueError(f"start must have the shape of x {tuple(x.shape)}, got {tuple(start.shape)}")
+            delta = start.detach()
+        else:
+            delta = random_start_delta(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         if clamp is not None:
             delta = (x + delta).clamp(*clamp) - x
         for _ in range(steps):

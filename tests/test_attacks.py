@@ -121,6 +121,25 @@ def test_attacks_restore_modes_and_leave_no_grads():
     with pytest.raises(RuntimeError):
         atk.pgd(model, x, y, eps=0.1, loss_fn=boom)
     assert [m.training for m in model.modules()] == before
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_frozen_parameters_keep_the_input_gradient_and_restore_requires_grad():
+    """Freezing the weights during the attack changes no input gradient: PGD equals a loop that keeps them live."""
+    model = build_model("mlp", make_preset("paper3"), seed=1, hidden=(16, 16))
+    model.body[0].bias.requires_grad_(False)  # a frozen parameter must stay frozen
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randint(0, 3, (32,))
+    model.double()
+    eps, step = 0.3, 0.075
+    delta = torch.zeros_like(x)
+    for _ in range(5):  # the same steps with the parameters requiring grad throughout
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x + delta), y, reduction="sum"), delta)
+        delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
+    x_adv = atk.pgd(model, x, y, eps=eps, steps=5, step_size=step, random_start=False, mode=None)
+    assert torch.equal(x_adv, x + delta)
+    assert [p.requires_grad for p in model.parameters()].count(False) == 1
+    assert not model.body[0].bias.requires_grad
 
 
 def test_attack_input_validation():
@@ -133,3 +152,16 @@ def test_attack_input_validation():
         atk.pgd(model, x, y, eps=0.1, norm="l3")
     with pytest.raises(ValueError):
         atk.pgd(model, x, y, eps=0.1, steps=0)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_from_a_drawn_start_equals_pgd_with_random_start(norm):
+    """A start drawn with random_start_delta from the same generator reproduces random_start=True bit for bit."""
+    model, x, y = _linear(4, 5, 3)
+    eps = 0.3
+    kwargs = {"eps": eps, "norm": norm, "steps": 4, "clamp": (-1.0, 1.0)}
+    reference = atk.pgd(model, x, y, random_start=True, generator=torch.Generator().manual_seed(7), **kwargs)
+    start = atk.random_start_delta(x, eps, norm, torch.Generator().manual_seed(7))
+    assert torch.equal(atk.pgd(model, x, y, start=start, **kwargs), reference)
+    with pytest.raises(ValueError, match="shape of x"):
+        atk.pgd(model, x, y, start=start[:1], **kwargs)
