@@ -11,10 +11,11 @@ from .derivations import claim2_numeric
 __all__ = ["formalisations", "check_claim2", "check_formalisation"]
 
 
-def formalisations(weight_decay: float = 0.01, weights: tuple[str, ...] | None = None) -> list[dict]:
+def formalisations(weight_decay: float = 0.01, weights: tuple[str, ...] | None = None,
+                   attacks: tuple[str, ...] | None = None) -> list[dict]:
     """Every (attack, norm, weights) combination; joint + l2 is listed as not computable exactly."""
     out = []
-    for attack in ATTACKS:
+    for attack in attacks or ATTACKS:
         for norm in NORMS:
             for w in weights or tuple(WEIGHTS):
                 out.append({"attack": attack, "norm": norm, "weights": w,
@@ -102,7 +103,8 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
     absolute = bool(np.all(opt1["w2"][inside] > opt0["w2"][inside] + tol))
     ratio = bool(np.all(ratio1[inside] > ratio0[inside] + tol))
     if th0.eps is None or th1.eps is None:
-        order = "no threshold" + (" with label smoothing" if th1.eps is None else " without label smoothing")
+        soft = "label smoothing" if teacher is None else "distillation"
+        order = "no threshold" + (f" with {soft}" if th1.eps is None else f" without {soft}")
         thresholds_ok = False
     else:
         thresholds_ok = th1.eps > th0.eps
@@ -114,7 +116,8 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
     elif thresholds_ok and absolute:
         claim3 = "holds only in absolute w2"
     else:
-        parts = [order, f"w2_LS > w2 on the grid: {absolute}", f"ratio_LS > ratio: {ratio}"]
+        tag = "LS" if teacher is None else "KD"
+        parts = [order, f"w2_{tag} > w2 on the grid: {absolute}", f"ratio_{tag} > ratio: {ratio}"]
         claim3 = "fails: " + "; ".join(parts)
     return {**base, "claims": {"1": claim1, "3": claim3}, "eps0": th0.eps, "eps1": th1.eps,
             "method": opt0["method"], "convex": {"hard": hard.convex, "smoothed": smooth.convex},

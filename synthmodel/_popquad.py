@@ -318,38 +318,61 @@ def kd_rule(k: int, level_xi: int, level_eta: int, offset: bool = False):
     return e, c, wn
 
 
-def kd_targets(mu: float, sigma: float, teacher: tuple[float, float, float], e: np.ndarray, c: np.ndarray
-               ) -> np.ndarray:
+def kd_targets(mu: float, sigma: float, teacher: tuple[float, float, float], e: np.ndarray, c: np.ndarray,
+               shift: np.ndarray | None = None) -> np.ndarray:
     """Teacher soft labels ``softmax(teacher_logits / T)`` at the nodes (N, K), index 0 = the true class.
 
-    The teacher is the tied model (a1, a2) on the *clean* input: its logit minus the true one is
-    ``-(a1 E + a2 C_k)`` for wrong class k, with E = mu + sigma e, C_k = mu + sigma c_k.
+    The teacher is the tied model (a1, a2); on the clean input its logit minus the true one is
+    ``-(a1 E + a2 C_k)`` for wrong class k, with E = mu + sigma e, C_k = mu + sigma c_k. ``shift`` (B,): the
+    teacher sees x + delta for a delta that raises every wrong logit over the true one by ``shift`` (the joint
+    l_inf vertex); the targets are then (B, N, K).
     """
     a1, a2, temp = teacher
     logits = np.concatenate([np.zeros((e.size, 1)), -(a1 * (mu + sigma * e)[:, None] + a2 * (mu + sigma * c))],
-                            axis=1) / temp
-    logits -= logits.max(axis=1, keepdims=True)
+                            axis=1)
+    if shift is not None:
+        logits = logits[None] + shift[:, None, None] * (np.arange(logits.shape[1]) > 0)
+    logits = logits / temp
+    logits -= logits.max(axis=-1, keepdims=True)
     p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, float, float], w1, w2, eps,
-            levels: tuple[int, int], order: int = 2, offset: bool = False):
-    """Logitwise robust distillation loss ``E sum_c t_c(x) CE(z + R [j != c], c)``: loss, grad, Hessian.
+            levels: tuple[int, int], order: int = 2, offset: bool = False, attack: str = "logitwise"):
+    """Robust distillation loss: loss, grad, Hessian.
 
-    t = :func:`kd_targets` (teacher on the clean input, independent of the student's weights, so the
-    gradient and Hessian are those of the label-smoothing case with per-node target weights). The student's
-    margins are ``M_k = (w1 + w2) mu + sigma (w1 e + w2 c_k)``: linear in w, so d2M/dw2 = 0 and the only
-    second-order term besides the softmax covariance is the radius's.
+    ``logitwise``: ``E sum_c t_c(x) CE(z + R [j != c], c)``, t = :func:`kd_targets` of the teacher on the
+    clean input (independent of the student's weights, so the gradient and Hessian are those of the
+    label-smoothing case with per-node target weights).
+
+    ``joint`` (l_inf): the student and the teacher both see x + delta*, delta* the student's hard-label worst
+    case (what PGD on the labels realises; the vertex with signs (-s1, +s2) on the true class's (E, C) and
+    (+s1, -s2) on every other class's, s = sign(w)). It raises every wrong student logit over the true one by
+    R = 2 eps (|w1| + |w2|) and every wrong teacher logit by ``R_T = 2 eps (a1 s1 + a2 s2)``, so the loss is
+    ``E sum_c t_c(x + delta*) CE(z + R [j != 0], c)``. R_T depends on w only through its signs: within a sign
+    quadrant the targets are constant in w (at w = +-0 the signs follow copysign, the right/left limits).
+
+    The student's margins are ``M_k = (w1 + w2) mu + sigma (w1 e + w2 c_k)``: linear in w, so d2M/dw2 = 0 and
+    the only second-order term besides the softmax covariance is the radius's.
     """
     e, c, wn = kd_rule(k, *levels, offset)
-    tgt = kd_targets(mu, sigma, teacher, e, c)                                  # (N, K)
     b, n = w1.size, e.size
     _, _, _, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
     margins = ((w1 + w2) * mu)[:, None, None] + sigma * (w1[:, None, None] * e[None, :, None]
                                                         + w2[:, None, None] * c[None])        # (B, N, K-1)
     z = np.concatenate([np.zeros((b, n, 1)), -margins], axis=-1)                             # (B, N, K)
     eye = np.eye(k)
+    if attack == "joint":
+        if norm != "linf":
+            raise ValueError("joint distillation is exact for l_inf only")
+        a1, a2, _ = teacher
+        shift_t = 2.0 * eps * (a1 * np.copysign(1.0, w1) + a2 * np.copysign(1.0, w2))
+        tgt = kd_targets(mu, sigma, teacher, e, c, shift_t)                                   # (B, N, K)
+        classes = [(1.0 - eye[0], tgt)]  # one CE term: its targets already sum the classes
+    else:
+        tgt = kd_targets(mu, sigma, teacher, e, c)                                            # (N, K)
+        classes = [(1.0 - eye[cls], tgt[None, :, cls]) for cls in range(k)]
     node_loss = np.zeros((b, n))
     grad_n = np.zeros((b, n, 2)) if order >= 1 else None
     hess_n = np.zeros((b, n, 2, 2)) if order == 2 else None
@@ -357,19 +380,22 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
         jz = np.zeros((b, n, k, 2))
         jz[:, :, 1:, 0] = -(mu + sigma * e)[None, :, None]
         jz[:, :, 1:, 1] = -(mu + sigma * c)[None]
-    for cls in range(k):
-        s = 1.0 - eye[cls]
+    for cls, (s, weight) in enumerate(classes):
         y = z + radius[:, None, None] * s
         ymax = y.max(axis=-1, keepdims=True)
         ey = np.exp(y - ymax)
         tot = ey.sum(-1, keepdims=True)
-        weight = tgt[None, :, cls]                                                          # (1, N)
-        node_loss += weight * (np.log(tot[..., 0]) + ymax[..., 0] - y[..., cls])
+        if attack == "joint":  # soft CE sum_c t_c (LSE(y) - y_c), the t_c summing to 1
+            node_loss += np.log(tot[..., 0]) + ymax[..., 0] - (weight * y).sum(-1)
+            g = ey / tot - weight
+            weight = np.ones((1, 1))
+        else:
+            node_loss += weight * (np.log(tot[..., 0]) + ymax[..., 0] - y[..., cls])
+            g = ey / tot - eye[cls]
         if order == 0:
             continue
         p = ey / tot
         jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
-        g = p - eye[cls]
         grad_n += weight[..., None] * np.einsum("bnk,bnka->bna", g, jy)
         if order == 2:
             pj = np.einsum("bnk,bnka->bna", p, jy)

@@ -47,8 +47,13 @@ no single adversarial input under the logitwise attack; the clean input is also 
 ``E sum_c t_c CE(z + eps r [k != c], c)`` at student temperature 1. The teacher's margins
 ``a1 E + a2 C_k`` involve another direction of (e, mean(c)) than the student's xi, so this integral is over
 (e, v = sqrt(K-1) mean(c), eta): K dimensions, 3 for paper3 (:func:`synthmodel._popquad.kd_eval`).
-``joint`` + ``kd`` raises ValueError: with the teacher at x + delta the target depends on delta, the soft
-CE is not convex in delta, and its maximum over the box need not be at a vertex. proofs_check/README.md
+``joint`` + ``kd`` (l_inf) is what AT + distillation training does (synthmodel.train and real_data.train):
+PGD maximises the *hard-label* loss, and student and teacher both see x + delta*. For the tied model
+delta* is the all-plus vertex above, exactly, so the student's wrong logits rise by eps r and the teacher's
+by ``2 eps (a1 sign w1 + a2 sign w2)``; the targets then depend on w only through its signs (the loss
+jumps where sign(w2) flips, so it is not convex across quadrants). Not computed: an adversary that
+maximises the distillation loss itself (its target moves with delta, the soft CE is not convex in delta,
+and the maximum over the box need not sit at a vertex), and joint + kd for l2. proofs_check/README.md
 ("Distillation") has the details and the Claim-3 check.
 
 Robust accuracy (probability of being correct under every perturbation of the ball) is exact for
@@ -128,8 +133,10 @@ class Formalisation:
     """One choice of attack model, norm, targets and weight constraint (DESIGN.md "Formalisations").
 
     ``loss``: ``'ce'`` (cross-entropy, label-smoothed by ``alpha``) or ``'kd'`` (distillation: targets
-    ``softmax(teacher_logits / temperature)`` of the tied teacher (teacher_w1, teacher_w2) on the clean
-    input; needs alpha = 0 and attack 'logitwise'). The teacher fields are ignored for ``'ce'``.
+    ``softmax(teacher_logits / temperature)`` of the tied teacher (teacher_w1, teacher_w2); needs alpha = 0;
+    the teacher sees the clean input under ``logitwise`` and the student's hard-label worst case x + delta*
+    under ``joint`` (l_inf only), as AT + distillation training does). The teacher fields are ignored for
+    ``'ce'``.
     """
 
     attack: str = "logitwise"
@@ -169,11 +176,10 @@ class Formalisation:
             if self.alpha != 0.0:
                 raise ValueError("loss 'kd' takes its targets from the teacher: alpha must be 0 (use either label "
                                  "smoothing or a teacher, not both)")
-            if self.attack == "joint":
-                raise ValueError("attack 'joint' with loss 'kd' has no exact population engine: the teacher's soft "
-                                 "labels at x + delta depend on delta, so the soft cross-entropy is not convex in "
-                                 "delta and its maximum over the eps-ball need not sit at a vertex; use attack "
-                                 "'logitwise' (teacher on the clean input)")
+            if self.attack == "joint" and self.norm != "linf":
+                raise ValueError("attack 'joint' with loss 'kd' is computed for l_inf only (the student's hard-label "
+                                 "l2 worst case couples the coordinates through one budget); use attack "
+                                 "'logitwise' for l2")
 
     @property
     def hard(self) -> bool:
@@ -194,6 +200,18 @@ class Formalisation:
         logits (signs -1), which breaks convexity: not established, global search.
         """
         return self.hard or self.attack == "logitwise"
+
+    @property
+    def sign_dependent(self) -> bool:
+        """Joint distillation: the targets depend on sign(w) (the teacher sees the student's vertex), so the
+        objective jumps across the axes; inside each closed quadrant the targets are fixed and it is convex.
+
+        Gradient training never sees the jumps (the teacher's output is a constant target), so it stays in
+        the quadrant it starts in; :func:`optimal_weights` and :func:`first_order_w2` use the first quadrant
+        (w >= 0), where the claims live. Another quadrant can have a lower objective only through the jump:
+        a student with w1 = -0 turns its own adversary's E moves to the teacher's advantage.
+        """
+        return self.loss == "kd" and self.attack == "joint"
 
 
 # -- quadrature rules --------------------------------------------------------------------------
@@ -350,7 +368,7 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
             sl = members[lo:lo + chunk]
             if form.loss == "kd":
                 out = _pq.kd_eval(world.k, world.mu, world.sigma, form.norm, form.teacher, w1[sl], w2[sl], eps[sl],
-                                  pair, order, offset)
+                                  pair, order, offset, form.attack)
             elif form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
                 out = _pq.hard_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair, order,
                                    offset)
@@ -735,8 +753,8 @@ def _optimise_free(world: World, form: Formalisation, eps: np.ndarray, start: np
         if keep.sum() >= 2:
             start = np.stack([PchipInterpolator(sub_eps[keep], coarse[0][keep, j])(eps) for j in range(2)], 1)
     start = _standard_start(world, b) if start is None else np.asarray(start, dtype=np.float64).reshape(b, 2)
-    quadrants = [(1.0, 1.0)] if form.hard else list(product((1.0, -1.0), repeat=2))
-    starts = [np.abs(start)] if form.convex else [np.abs(start), np.abs(start) * [1.0, 0.1],
+    quadrants = [(1.0, 1.0)] if form.hard or form.sign_dependent else list(product((1.0, -1.0), repeat=2))
+    starts = [np.abs(start)] if form.convex or form.sign_dependent else [np.abs(start), np.abs(start) * [1.0, 0.1],
                                                    np.abs(start) * [0.1, 1.0]]
     best = None
     for signs in quadrants:
@@ -761,7 +779,8 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
       Hessian) in each closed quadrant (the objective is smooth inside each); each quadrant minimum is
       global there, so the best is the global minimum. With hard labels only the first quadrant is
       searched: the loss is decreasing in every margin and replacing (w1, w2) by (|w1|, |w2|) makes the
-      margins stochastically larger (reflect E and C about mu), so an optimum with w >= 0 exists. Large
+      margins stochastically larger (reflect E and C about mu), so an optimum with w >= 0 exists. Joint
+      distillation (``form.sign_dependent``): the first quadrant only, convex there. Large
       batches are first solved on 17 spread eps and warm-started by interpolation (continuation).
     * unconstrained / weight decay, not established convex: the same from three starts per quadrant
       (multi-start global search, not a proof).
@@ -814,7 +833,8 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
     same_side = np.sign(w + correction) * np.sign(w) >= 0
     w = np.where(same_side & free, w + correction, w)
     method = ("projected Newton per quadrant (convex)" if form.convex
-              else "multi-start projected Newton (global search)")
+              else "projected Newton in the first quadrant (convex there; targets depend on sign(w))"
+              if form.sign_dependent else "multi-start projected Newton (global search)")
     return {"w1": w[:, 0] + 0.0, "w2": w[:, 1] + 0.0, "objective": value, "quad_error": error, "w_error": w_error,
             "method": method, "convex": form.convex}
 
@@ -837,7 +857,7 @@ def first_order_w2(world: FeatureModel | World | str, form: Formalisation, eps) 
     # best w1 on the line w2 = 0 (1-d, convex when the objective is): Newton on w1 >= 0 and w1 <= 0
     zero = np.zeros_like(eps)
     best_w1, best_loss = None, None
-    for s1 in (1.0, -1.0) if not form.hard else (1.0,):
+    for s1 in (1.0, -1.0) if not (form.hard or form.sign_dependent) else (1.0,):
         w1 = np.full(eps.size, s1 * 1.0)
         active = np.ones(eps.size, dtype=bool)
         for _ in range(100):

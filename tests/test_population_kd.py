@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from synthmodel import attacks as atk
 from synthmodel import make_preset, sample
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
@@ -15,11 +16,12 @@ from synthmodel.population import (
     THEORY_PARAMS,
     Formalisation,
     loss_derivatives,
+    optimal_weights,
     robust_loss,
     theory_point,
     world_from,
 )
-from synthmodel.train import logitwise_objective
+from synthmodel.train import logitwise_objective, robust_objective
 
 PAPER3 = world_from("paper3")
 
@@ -44,6 +46,40 @@ def test_kd_loss_matches_monte_carlo_of_train_objective(norm):
     pop = robust_loss(PAPER3, _kd(norm), 2.0, 0.7, 0.15)
     assert pop.error[0] < 1e-8
     assert abs(means.mean() - pop.value[0]) < 5 * se
+
+
+@pytest.mark.parametrize("w1, w2", [(2.0, 0.7), (2.0, -0.3), (-0.5, 0.4)])
+def test_joint_kd_loss_matches_monte_carlo_of_pgd_distillation_training(w1, w2):
+    # what AT + distillation training computes (synthmodel.train): PGD-10 on the hard labels, then the soft CE
+    # of the student against the teacher, both on x_adv. 1e5 samples in 20 batches; 5 standard errors of the
+    # mean (from the spread of the batch means). Student signs (+,+), (+,-), (-,+): the teacher's shift
+    # 2 eps (a1 s1 + a2 s2) follows the student's signs
+    world = make_preset("paper3")
+    x, y = sample(world, 100_000, 12, dtype="float64")
+    student = TiedLinear(world, w1, w2, dtype=torch.float64)
+    teacher = TiedLinear(world, 1.5, 0.9, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    means = []
+    for xb, yb in zip(x.chunk(20), y.chunk(20), strict=True):
+        x_adv = atk.pgd(student, xb, yb, eps=0.15, steps=10, generator=gen, mode=None)
+        with torch.no_grad():
+            means.append(float(robust_objective(student(x_adv), yb, teacher_logits=teacher(x_adv), temperature=2.0)))
+    means = np.array(means)
+    se = means.std(ddof=1) / math.sqrt(means.size)
+    pop = robust_loss(PAPER3, _kd("linf", attack="joint"), w1, w2, 0.15)
+    assert pop.error[0] < 1e-8
+    assert abs(means.mean() - pop.value[0]) < 5 * se
+
+
+def test_joint_kd_zero_temperature_limit_is_hard_label_loss():
+    # teacher (1, 0.5) at x + delta*: its margin is E + 0.5 C_k - 2 eps (1 + 0.5) = 0.9 + O(sigma) at eps 0.2,
+    # so the mass off the label is ~ 2 exp(-0.9 / T) ~ 2e-13 at T = 0.03: the joint distillation loss must equal
+    # the hard-label loss to the tolerance there, approaching it monotonically as T falls
+    hard = robust_loss(SHARP, Formalisation(attack="joint"), 2.0, 0.7, 0.2).value[0]
+    gaps = [abs(robust_loss(SHARP, _kd("linf", 1.0, 0.5, t, attack="joint"), 2.0, 0.7, 0.2).value[0] - hard)
+            for t in (0.5, 0.2, 0.1, 0.03)]
+    assert gaps[-1] < 1e-8
+    assert all(a > b for a, b in zip(gaps, gaps[1:]))
 
 
 def test_uniform_teacher_is_label_smoothing_extrapolated_to_alpha_one():
@@ -81,8 +117,9 @@ def test_one_hot_teacher_approaches_cross_entropy():
     assert all(a > b for a, b in zip(gaps, gaps[1:]))
 
 
-def test_kd_gradient_and_hessian_match_finite_differences():
-    form = _kd("linf", 1.2, 0.4, 1.5)
+@pytest.mark.parametrize("attack", ["logitwise", "joint"])
+def test_kd_gradient_and_hessian_match_finite_differences(attack):
+    form = _kd("linf", 1.2, 0.4, 1.5, attack=attack)
     _, grad, hess = loss_derivatives(PAPER3, form, 2.0, 0.8, 0.2)
     h = 1e-4
     lv = (4, 4)  # one fixed rule (h = 0.25, finer than the default) for every evaluation: FD of one smooth function
@@ -104,7 +141,8 @@ def test_kd_two_rules_agree_within_error_estimate():
 
 def test_kd_formalisation_and_theory_point_contract():
     with pytest.raises(ValueError, match="joint"):
-        _kd(attack="joint")
+        _kd("l2", attack="joint")
+    assert not _kd(attack="joint").convex and _kd().convex
     with pytest.raises(ValueError, match="alpha"):
         _kd(alpha=0.1)
     with pytest.raises(ValueError, match="temperature"):
@@ -117,7 +155,7 @@ def test_kd_formalisation_and_theory_point_contract():
     assert theory_point(base) == theory_point({**base, "loss": "ce", "teacher_w1": 5.0, "temperature": 3.0})
     out = theory_point({**base, "loss": "kd", "teacher_w1": 2.0, "teacher_w2": 0.5, "temperature": 2.0})
     assert out["quad_error"] < 1e-8 and out["w1"] > 0
-    for bad, key in (({"temperature": -1.0}, "temperature"), ({"loss": "kd", "attack": "joint"}, "joint"),
+    for bad, key in (({"temperature": -1.0}, "temperature"), ({"loss": "kd", "attack": "joint", "norm": "l2"}, "joint"),
                      ({"teacher_w1": math.inf}, "teacher_w1")):
         with pytest.raises(ValueError, match=key):
             theory_point({**base, **bad})
@@ -184,3 +222,15 @@ def test_monte_carlo_distillation_optimum_converges_to_population():
     hinv = np.linalg.inv(hess[0])
     se = np.sqrt(np.diag(hinv @ cov @ hinv) / n)
     assert abs(float(model.w1) - w_pop[0]) < 5 * se[0] and abs(float(model.w2) - w_pop[1]) < 5 * se[1]
+
+
+@pytest.mark.parametrize("teacher", [(1.5, 0.9, 2.0), (2.0, 0.3, 0.8), (0.7, 1.1, 1.0)])
+def test_joint_kd_optimum_is_the_teacher_over_temperature(teacher):
+    # the student's logits at x + delta* are z(x) + R [k != y], the teacher's (z_T(x) + R_T [k != y]) / T with
+    # R = 2 eps (w1 + w2), R_T = 2 eps (a1 + a2) in the first quadrant: w = a / T makes them equal at every
+    # sample, where the soft CE attains its pointwise minimum (the entropy of the targets), for every eps
+    a1, a2, temp = teacher
+    form = _kd("linf", a1, a2, temp, attack="joint")
+    opt = optimal_weights(PAPER3, form, [0.05, 0.2, 0.4])
+    np.testing.assert_allclose(opt["w1"], a1 / temp, atol=1e-6)
+    np.testing.assert_allclose(opt["w2"], a2 / temp, atol=1e-6)

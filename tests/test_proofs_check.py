@@ -63,3 +63,20 @@ def test_cli_json_and_errors(capsys):
     assert main(["--alpha", "1.5", "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error:")
     assert main(["--preset", "ring-3", "--quiet"]) == 2
+
+
+def test_cli_distillation_teacher_option(capsys):
+    # joint (AT-style) distillation: student and teacher see the same x + delta*, so a student equal to the
+    # teacher over T reproduces the targets exactly (pointwise KL 0): the optimum is (a1, a2) / T at every eps
+    assert main(["--weights", "unconstrained", "--attacks", "joint", "--teacher", "1.5", "0.9", "2", "--json",
+                 "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["teacher"] == [1.5, 0.9, 2.0] and out["alpha"] is None
+    rows = out["formalisations"]
+    assert {r["attack"] for r in rows} == {"joint"}
+    (row,) = [r for r in rows if r["norm"] == "linf"]
+    assert row["loss"] == "distillation"
+    np.testing.assert_allclose(row["evidence"]["w1_ls"], 0.75, atol=1e-6)
+    np.testing.assert_allclose(row["evidence"]["w2_ls"], 0.45, atol=1e-6)
+    assert main(["--teacher", "1", "1", "0", "--quiet"]) == 2
+    assert "temperature" in capsys.readouterr().err
