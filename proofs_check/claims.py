@@ -66,18 +66,21 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
         base.update(loss="distillation", alpha=0.0, teacher=list(teacher))
     try:
         hard = Formalisation(alpha=0.0, **spec)
+    except ValueError as exc:
+        return {**base, "claims": {"1": "not computed", "2": "not computed", "3": "not computed"},
+                "eps0": None, "eps1": None, "note": str(exc)}
+    try:
         if teacher is None:
             smooth = Formalisation(alpha=alpha, **spec)
         else:
             smooth = Formalisation(loss="kd", teacher_w1=teacher[0], teacher_w2=teacher[1], temperature=teacher[2],
                                    **spec)
-    except ValueError as exc:
-        return {**base, "claims": {"1": "not computed", "2": "not computed", "3": "not computed"},
-                "eps0": None, "eps1": None, "note": str(exc)}
-    th0, th1 = threshold(world, hard), threshold(world, smooth)
+    except ValueError as exc:  # e.g. joint + l2: hard labels only
+        smooth, note = None, str(exc)
+    th0 = threshold(world, hard)
     half = world.mu / 2
     grid = np.linspace(half / (n_eps + 1), half * n_eps / (n_eps + 1), n_eps)
-    opt0, opt1 = optimal_weights(world, hard, grid), optimal_weights(world, smooth, grid)
+    opt0 = optimal_weights(world, hard, grid)
     tol = 1e-6  # Newton stops at |step| < 1e-11; a weight below 1e-6 is zero at that precision
     w1_pos = bool(np.all(opt0["w1"] > tol))
     if th0.eps is None:
@@ -92,6 +95,13 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
         else:
             claim1 = (f"fails: threshold {th0.eps:.6g} found but optimum has w2=0 after it: {zero_after}, "
                       f"w2>0 before it: {pos_before}, w1>0 throughout: {w1_pos}")
+    evidence = {"eps_grid": grid.tolist(), "w1": opt0["w1"].tolist(), "w2": opt0["w2"].tolist(),
+                "dL_dw2_at_0": {"eps": th0.grid.tolist(), "value": th0.derivative.tolist()}}
+    if smooth is None:
+        return {**base, "claims": {"1": claim1, "3": f"not computed ({note})"}, "eps0": th0.eps, "eps1": None,
+                "method": opt0["method"], "convex": {"hard": hard.convex}, "evidence": evidence}
+    th1 = threshold(world, smooth)
+    opt1 = optimal_weights(world, smooth, grid)
     # claim 3: eps1 > eps0 and w2_LS > w2 on (0, eps1)
     upto = th1.eps if th1.eps is not None else half
     inside = grid < upto
@@ -121,7 +131,5 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
         claim3 = "fails: " + "; ".join(parts)
     return {**base, "claims": {"1": claim1, "3": claim3}, "eps0": th0.eps, "eps1": th1.eps,
             "method": opt0["method"], "convex": {"hard": hard.convex, "smoothed": smooth.convex},
-            "evidence": {"eps_grid": grid.tolist(), "w1": opt0["w1"].tolist(), "w2": opt0["w2"].tolist(),
-                         "w1_ls": opt1["w1"].tolist(), "w2_ls": opt1["w2"].tolist(),
-                         "dL_dw2_at_0": {"eps": th0.grid.tolist(), "value": th0.derivative.tolist()},
+            "evidence": {**evidence, "w1_ls": opt1["w1"].tolist(), "w2_ls": opt1["w2"].tolist(),
                          "dL_dw2_at_0_ls": {"eps": th1.grid.tolist(), "value": th1.derivative.tolist()}}}

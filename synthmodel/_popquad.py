@@ -518,3 +518,149 @@ def joint_split_eval(k: int, mu: float, sigma: float, norm: str, alpha: float, w
     grad = np.einsum("bna,bn->ba", grad_n, wn)
     hess = np.einsum("bnac,bn->bac", hess_n, wn) if order == 2 else None
     return loss, grad, hess
+
+
+# -- joint l2, hard labels (K = 3) ---------------------------------------------------------------------------
+_RHO_UNIQUE = 1.5 ** 1.5 * 4.0 / 3.0  # rho below this: g' >= 1 - rho * 3 q(1-q) / n^3 > 0, one root (docstring)
+
+
+def _joint_l2_roots(d: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Every root t of ``g(t) = t - d - rho h(sigmoid(t))``, h(q) = (2q - 1) / sqrt(2 - 2q + 2q^2); (..., R).
+
+    d (..., ) and rho broadcastable. Roots lie in d +- rho / sqrt(2) (|h| <= 1/sqrt(2)). Where rho is below
+    ``_RHO_UNIQUE`` g is increasing (one root); elsewhere the interval is cut into 64 cells and every cell
+    with a sign change is solved. Each bracket is refined by Newton steps kept inside it (bisection when a
+    step leaves it) to machine precision. Missing roots are NaN.
+    """
+    d, rho = np.broadcast_arrays(d, rho)
+    cells = 64 if np.any(rho >= _RHO_UNIQUE) else 1
+    half = rho / math.sqrt(2.0) + 1e-12 * (1.0 + np.abs(d))
+    edges = d[..., None] + half[..., None] * np.linspace(-1.0, 1.0, cells + 1)      # (..., C+1)
+
+    def g_and_dg(t, r, dd):
+        q = expit(t)
+        n2 = 2.0 - 2.0 * q + 2.0 * q * q
+        n = np.sqrt(n2)
+        g = t - dd - r * (2.0 * q - 1.0) / n
+        dg = 1.0 - r * 3.0 / (n2 * n) * q * (1.0 - q)
+        return g, dg
+
+    g_edges, _ = g_and_dg(edges, rho[..., None], d[..., None])
+    change = (g_edges[..., :-1] <= 0) & (g_edges[..., 1:] > 0) | (g_edges[..., :-1] >= 0) & (g_edges[..., 1:] < 0)
+    lo, hi = edges[..., :-1].copy(), edges[..., 1:].copy()
+    r, dd = rho[..., None] + 0.0 * lo, d[..., None] + 0.0 * lo
+    g_lo, _ = g_and_dg(lo, r, dd)
+    t = 0.5 * (lo + hi)
+    for _ in range(80):
+        g, dg = g_and_dg(t, r, dd)
+        same = np.sign(g) == np.sign(g_lo)
+        lo, g_lo = np.where(same, t, lo), np.where(same, g, g_lo)
+        hi = np.where(same, hi, t)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = t - g / dg
+        inside = (newton > np.minimum(lo, hi)) & (newton < np.maximum(lo, hi)) & np.isfinite(newton)
+        new = np.where(inside, newton, 0.5 * (lo + hi))
+        if np.all((np.abs(new - t) <= 4e-16 * np.maximum(1.0, np.abs(t))) | ~change):
+            t = new
+            break
+        t = new
+    roots = np.sort(np.where(change, t, np.nan), axis=-1)  # NaN last
+    return roots[..., :3] if cells > 1 else roots  # g - t is increasing then decreasing: at most 3 roots
+
+
+@lru_cache(maxsize=32)
+def _half_line_gl(level: int, offset: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Composite Gauss-Legendre on [0, 8] (panels of width <= 2 h(level)), weights 2 phi(t): the eta half-line
+    for an integrand that is smooth on t >= 0 but not at 0 as an even function (a kink at eta = 0). ``offset``
+    (the error-estimate partner) uses 16 nodes per panel instead of 12."""
+    panels = max(1, int(math.ceil(_RANGE / (2.0 * h_of(level)))))
+    x, w = np.polynomial.legendre.leggauss(16 if offset else _GL_NODES)
+    edges = np.linspace(0.0, _RANGE, panels + 1)
+    half = 0.5 * np.diff(edges)
+    t = (edges[:-1, None] + half[:, None] * (x[None] + 1.0)).ravel()
+    wt = (half[:, None] * w[None]).ravel() * 2.0 * np.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
+    return t, wt
+
+
+def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[int, int], order: int = 2,
+                  offset: bool = False):
+    """Hard-label robust CE under one l2 perturbation for all logits (joint l2), K = 3: loss, grad, Hessian.
+
+    For class y the change of ``z_k - z_y`` is ``(u + v_k) . delta`` with u = -w1 e_Ey + w2 e_Cy (moves every
+    wrong logit) and v_k = w1 e_Ek - w2 e_Ck (moves logit k only); u and the v_k are orthogonal with the same
+    length s = |w|. Writing delta = a u/s + sum_k b_k v_k/s + (a part that changes nothing), the inner problem
+    is ``max log(1 + sum_k exp(-M_k + s (a + b_k)))`` over a^2 + |b|^2 <= eps^2. The maximum lies on the sphere
+    with (a, b) parallel to the gradient, i.e. to (P, p_1, p_2) (the wrong classes' softmax probabilities):
+    with q = p_1 / P, a = eps / n, b = eps (q, 1 - q) / n, n = sqrt(1 + q^2 + (1-q)^2), and t = logit q solves
+    the 1-d fixed point ``t = D + rho (2q - 1) / n``, D = M_2 - M_1, rho = s eps. Every root is found
+    (:func:`_joint_l2_roots`; one root when rho < 2.45) and the best kept: the inner maximum is exact. Wrong
+    class k then rises by rho (1 + q_k) / n: between rho sqrt(3/2) (q = 1/2, reached at w2 = 0) and the
+    logitwise shift rho sqrt(2) (all on one class).
+
+    In the (xi, eta) reduction D = sigma w2 (d_2 - d_1) depends on eta only, so the roots are solved once per
+    eta node, and the best root maximises S = sum_k exp(-sigma w2 d_k + rho f_k(q)) whatever xi is (the loss
+    is softplus(log S - mean margin)). For rho >= 2.45 two asymmetric maxima tie at D = 0: the loss is even in
+    eta with a kink at eta = 0, so eta is integrated on the half-line by composite Gauss-Legendre
+    (:func:`_half_line_gl`, smooth there) and xi by the trapezoid rule.
+
+    Derivatives: per eta node the loss is ``max_t G(w, t)`` over the curve t = logit q of candidate maximisers
+    (which lies on the sphere, so G is stationary in t at the maximiser): gradient G_w (envelope theorem),
+    Hessian ``G_ww - G_wt G_tw / G_tt``, both at the root, by autograd.
+    """
+    import torch
+
+    if k != 3:
+        raise ValueError(f"joint l2 is computed for K = 3 only (one fixed point in one variable); got K = {k}")
+    xi, wxi = _line(levels[0], False, offset)
+    eta, weta = _half_line_gl(levels[1], offset)
+    q_basis, _ = np.linalg.qr(np.concatenate([np.ones((k - 1, 1)), np.eye(k - 1)], axis=1))
+    dev = eta[:, None] * q_basis[:, 1][None]                                               # (J, 2)
+    b = w1.size
+    rho = np.sqrt(w1 * w1 + w2 * w2) * eps
+    d_gap = sigma * w2[:, None] * (dev[None, :, 1] - dev[None, :, 0])                      # (B, J): M_2 - M_1
+    roots = _joint_l2_roots(d_gap, rho[:, None])                                           # (B, J, R)
+
+    xi_t = torch.from_numpy(xi)
+    wxi_t = torch.from_numpy(wxi)
+    dev_t = torch.from_numpy(dev)
+    eps_t = torch.from_numpy(np.asarray(eps, dtype=np.float64))[:, None]
+
+    def log_s(w1_t, w2_t, t):  # (B, J): log sum_k exp(-sigma w2 d_k + rho f_k(q))
+        q = torch.sigmoid(t)
+        n = torch.sqrt(2.0 - 2.0 * q + 2.0 * q * q)
+        f = torch.stack([1.0 + q, 2.0 - q], dim=-1) / n[..., None]
+        rho_t = torch.sqrt(w1_t * w1_t + w2_t * w2_t + _TINY) * eps_t
+        return torch.logsumexp(-sigma * w2_t[..., None] * dev_t + rho_t[..., None] * f, dim=-1)
+
+    def node_value(w1_t, w2_t, t):  # (B, J): the xi-integrated loss at each eta node
+        sd_t = torch.sqrt(w1_t * w1_t + w2_t * w2_t / (k - 1) + _TINY)
+        mean_margin = (w1_t + w2_t)[..., None] * mu + sigma * sd_t[..., None] * xi_t             # (B, J, I)
+        return torch.nn.functional.softplus(log_s(w1_t, w2_t, t)[..., None] - mean_margin) @ wxi_t
+
+    w1_b = torch.from_numpy(np.asarray(w1, dtype=np.float64))[:, None].expand(b, eta.size)
+    w2_b = torch.from_numpy(np.asarray(w2, dtype=np.float64))[:, None].expand(b, eta.size)
+    with torch.no_grad():  # the best root of each eta node (the same for every xi)
+        cand = torch.from_numpy(np.nan_to_num(roots, nan=0.0))
+        scores = torch.stack([log_s(w1_b, w2_b, cand[..., r]) for r in range(cand.shape[-1])], dim=-1)
+        scores = torch.where(torch.from_numpy(np.isnan(roots)), -torch.inf, scores)
+        t_star = torch.gather(cand, -1, scores.argmax(-1, keepdim=True))[..., 0]
+    weta_t = torch.from_numpy(weta)
+    if order == 0:
+        with torch.no_grad():
+            return (node_value(w1_b, w2_b, t_star) @ weta_t).numpy(), None, None
+    w1_l = w1_b.clone().requires_grad_(True)
+    w2_l = w2_b.clone().requires_grad_(True)
+    t_l = t_star.clone().requires_grad_(True)
+    g_val = node_value(w1_l, w2_l, t_l)
+    loss = (g_val.detach() @ weta_t).numpy()
+    first = torch.autograd.grad(g_val.sum(), (w1_l, w2_l, t_l), create_graph=order == 2)
+    grad = torch.stack([first[0] @ weta_t, first[1] @ weta_t], dim=-1).detach().numpy()
+    if order == 1:
+        return loss, grad, None
+    rows = [torch.autograd.grad(g.sum(), (w1_l, w2_l, t_l), retain_graph=True) for g in first]
+    h = torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)                         # (B, J, 3, 3)
+    g_tt = h[..., 2, 2]
+    g_tt = torch.where(g_tt < 0, g_tt, torch.full_like(g_tt, -_TINY))
+    node_h = h[..., :2, :2] - h[..., :2, 2, None] * h[..., 2, None, :2] / g_tt[..., None, None]
+    hess = torch.einsum("bjac,j->bac", node_h, weta_t).detach().numpy()
+    return loss, grad, hess

@@ -37,8 +37,12 @@ dual l1) or ``sqrt(2 (w1^2 + w2^2))`` (l2).
   2^K sign patterns: *exact*. For hard labels the all-plus pattern wins and joint == logitwise. With label
   smoothing the integrand is a maximum of smooth pieces: each xi line is split at the patterns' tie points
   (closed form, :func:`synthmodel._popquad.joint_split_eval`) and integrated piecewise by Gauss-Legendre.
-  For l2 the joint inner maximum couples the coordinates through one norm budget; no exact engine
-  here: ``joint`` + ``l2`` raises ValueError.
+  For l2 (hard labels, K = 3) the change of ``z_k - z_y`` is ``(u + v_k) . delta`` with u (shared) and
+  v_1, v_2 (one per wrong class) orthogonal and of length |w|, so the inner maximum is over a 3-d ball: it
+  sits on the sphere, parallel to the gradient, and reduces to a 1-d fixed point in q = the share of the
+  first wrong class; every root is found and the best kept (exact; :func:`synthmodel._popquad.joint_l2_eval`).
+  Wrong class k then rises by ``eps |w| (1 + q_k) / sqrt(1 + q_1^2 + q_2^2)``, between eps |w| sqrt(3/2)
+  (q = 1/2) and the logitwise eps |w| sqrt 2. Joint l2 with soft targets, or K = 4, raises ValueError.
 
 **Distillation** (``Formalisation(loss='kd', teacher_w1=a1, teacher_w2=a2, temperature=T)``, logitwise
 only): targets ``t = softmax(teacher_logits / T)`` of the tied teacher (a1, a2) on the *clean* input (there is
@@ -154,9 +158,6 @@ class Formalisation:
             raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if self.attack == "joint" and self.norm == "l2":
-            raise ValueError("attack 'joint' with norm 'l2' has no exact population engine (the inner maximum "
-                             "couples all coordinates through one l2 budget); use attack 'logitwise' (an upper bound)")
         if not (math.isfinite(self.alpha) and 0.0 <= self.alpha < 1.0):
             raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
         if self.weights not in WEIGHTS:
@@ -177,9 +178,12 @@ class Formalisation:
                 raise ValueError("loss 'kd' takes its targets from the teacher: alpha must be 0 (use either label "
                                  "smoothing or a teacher, not both)")
             if self.attack == "joint" and self.norm != "linf":
-                raise ValueError("attack 'joint' with loss 'kd' is computed for l_inf only (the student's hard-label "
-                                 "l2 worst case couples the coordinates through one budget); use attack "
+                raise ValueError("attack 'joint' with loss 'kd' is computed for l_inf only; use attack "
                                  "'logitwise' for l2")
+        if self.attack == "joint" and self.norm == "l2" and self.alpha != 0.0:
+            raise ValueError("attack 'joint' with norm 'l2' is computed for hard labels only (alpha = 0): with soft "
+                             "targets the adversary's inner maximum is no longer a 1-d fixed point; use attack "
+                             "'logitwise' (an upper bound)")
 
     @property
     def hard(self) -> bool:
@@ -285,8 +289,9 @@ def _joint_patterns(k: int) -> torch.Tensor:
 def _node_loss(world: World, form: Formalisation, w1: torch.Tensor, w2: torch.Tensor, eps: torch.Tensor,
                level: tuple[int, int]) -> torch.Tensor:
     """Per-node robust loss, shape (B, N); w1, w2, eps of shape (B,)."""
-    if form.loss == "kd":
-        raise ValueError("the autograd reference has no distillation; use robust_loss / loss_derivatives")
+    if form.loss == "kd" or (form.attack == "joint" and form.norm == "l2"):
+        raise ValueError("the autograd reference has no distillation and no joint l2; use robust_loss / "
+                         "loss_derivatives")
     k, mu, sigma = world.k, world.mu, world.sigma
     xi, dev, _ = _rule(k, *level)
     sd = torch.sqrt(w1 * w1 + w2 * w2 / (k - 1) + 1e-300)
@@ -366,7 +371,9 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
         chunk = max(8, max_work // _nodes(world, pair, form))
         for lo in range(0, members.size, chunk):
             sl = members[lo:lo + chunk]
-            if form.loss == "kd":
+            if form.attack == "joint" and form.norm == "l2":  # hard labels (Formalisation checks), K = 3
+                out = _pq.joint_l2_eval(world.k, world.mu, world.sigma, w1[sl], w2[sl], eps[sl], pair, order, offset)
+            elif form.loss == "kd":
                 out = _pq.kd_eval(world.k, world.mu, world.sigma, form.norm, form.teacher, w1[sl], w2[sl], eps[sl],
                                   pair, order, offset, form.attack)
             elif form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
@@ -908,7 +915,9 @@ def closed_form_sign(world: World, form: Formalisation, eps: np.ndarray) -> np.n
     ``sum_k dL/dm_k (C_k - eps dr/dw2)`` with the same dL/dm_k < 0 for every k, a function of E only;
     averaging C_k -> mu (independent of E) gives ``(mu - eps dr/dw2) E[sum_k dL/dm_k]``, whose sign is
     ``sign(eps dr/dw2 - mu)``: ``sign(2 eps - mu)`` for l_inf (dr/dw2 = 2 at w2 = +0) and -1 for l2
-    (dr/dw2 = 0). This is the derivative in w2 for unconstrained weights, for weight decay (the penalty's
+    (dr/dw2 = 0; also for joint l2: by the envelope theorem the derivative is taken at the maximiser, where
+    the shift is eps |w| f with d|w|/dw2 = 0 at w2 = 0).
+    This is the derivative in w2 for unconstrained weights, for weight decay (the penalty's
     derivative is 0 at w2 = 0) and along the l2 / class-l2 circles (tangent (0, c > 0) at w = (1, 0)); not
     for l1-share (tangent (-1, 1) mixes in dL/dw1). proofs_check/README.md step 4 derives it with sympy.
     """
@@ -1004,7 +1013,11 @@ def _check_params(params: dict) -> dict:
 
 def validate_theory_params(params: dict) -> None:
     """Raise ValueError naming the first unknown key or impossible value of a theory point (the sweep's pre-check)."""
-    _check_params(params)
+    p = _check_params(params)
+    Formalisation(**{key: p[key] for key in ("attack", "norm", "alpha", "weights", "weight_decay", "loss",
+                                             "teacher_w1", "teacher_w2", "temperature")})
+    if p["attack"] == "joint" and p["norm"] == "l2" and p["preset"] not in ("paper3", "all-but-one-3"):
+        raise ValueError(f"attack 'joint' with norm 'l2' is computed for K = 3 only, got preset {p['preset']!r}")
 
 
 def theory_point(params: dict) -> dict:
