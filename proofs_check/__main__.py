@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m proofs_check",
                        description="Verdicts on the paper's claims 1-3 per formalisation (attack, norm, "
                                    "weight constraint), computed by the exact population engine.")
-    p.add_argument("--preset", default="paper3", help="paper3 | all-but-one-K (K = 3 or 4)")
+    p.add_argument("--preset", default="paper3",
+                   help="paper3 | all-but-one-K (any K >= 3; beyond K = 4 hard labels only: claim 3 not computed)")
     p.add_argument("--mu", type=float, default=1.0, help="feature mean (default %(default)s)")
     p.add_argument("--sigma", type=float, default=0.5, help="feature std (default %(default)s)")
     p.add_argument("--alpha", type=float, default=0.1, help="label smoothing for claim 3 (default %(default)s)")

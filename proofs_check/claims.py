@@ -77,10 +77,14 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
                                    **spec)
     except ValueError as exc:  # e.g. joint + l2: hard labels only
         smooth, note = None, str(exc)
-    th0 = threshold(world, hard)
     half = world.mu / 2
     grid = np.linspace(half / (n_eps + 1), half * n_eps / (n_eps + 1), n_eps)
-    opt0 = optimal_weights(world, hard, grid)
+    try:
+        th0 = threshold(world, hard)
+        opt0 = optimal_weights(world, hard, grid)
+    except ValueError as exc:  # e.g. joint l2 beyond K = 3
+        return {**base, "claims": {"1": "not computed", "2": "not computed", "3": "not computed"},
+                "eps0": None, "eps1": None, "note": str(exc)}
     tol = 1e-6  # Newton stops at |step| < 1e-11; a weight below 1e-6 is zero at that precision
     w1_pos = bool(np.all(opt0["w1"] > tol))
     if th0.eps is None:
@@ -100,8 +104,12 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
     if smooth is None:
         return {**base, "claims": {"1": claim1, "3": f"not computed ({note})"}, "eps0": th0.eps, "eps1": None,
                 "method": opt0["method"], "convex": {"hard": hard.convex}, "evidence": evidence}
-    th1 = threshold(world, smooth)
-    opt1 = optimal_weights(world, smooth, grid)
+    try:
+        th1 = threshold(world, smooth)
+        opt1 = optimal_weights(world, smooth, grid)
+    except ValueError as exc:  # e.g. label smoothing beyond K = 4
+        return {**base, "claims": {"1": claim1, "3": f"not computed ({exc})"}, "eps0": th0.eps, "eps1": None,
+                "method": opt0["method"], "convex": {"hard": hard.convex}, "evidence": evidence}
     # claim 3: eps1 > eps0 and w2_LS > w2 on (0, eps1)
     upto = th1.eps if th1.eps is not None else half
     inside = grid < upto

@@ -664,3 +664,83 @@ def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[in
     node_h = h[..., :2, :2] - h[..., :2, 2, None] * h[..., 2, None, :2] / g_tt[..., None, None]
     hess = torch.einsum("bjac,j->bac", node_h, weta_t).detach().numpy()
     return loss, grad, hess
+
+
+# -- hard labels for any K: a one-dimensional representation (Frullani) ---------------------------------------
+def _normal_line(level: int, offset: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Trapezoid nodes on |t| <= 8 with weights h phi(t), rescaled to sum to 1 exactly (so 1 - E[f] can be
+    formed as E[1 - f] without the truncation's 1e-15 floor)."""
+    t, w = _line(level, False, offset)
+    return t, w / w.sum()
+
+
+def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, levels: tuple[int, int], order: int = 2,
+                  offset: bool = False):
+    """Hard-label robust CE (logitwise; == joint for l_inf) for any K by a 1-d outer integral: loss, grad, Hessian.
+
+    For class y the loss is log(1 + B S) with B = exp(R - w1 E), S = sum_k exp(-w2 C_k) over the K - 1 wrong
+    classes, E and the C_k independent N(mu, sigma^2), R = eps r(w). Frullani's integral
+    ``log(1 + y) = int_0^inf (e^-t - e^-t(1+y)) dt / t`` and the independence of the C_k give, after t = e^(v-log B),
+
+        E log(1 + B S) = int psi(v - R) (1 - phi(v)^(K-1)) dv,
+        phi(v) = E_C exp(-exp(v - w2 C)),   psi(s) = E_E exp(-exp(s + w1 E)),
+
+    three one-dimensional Gaussian integrals (K enters only as an exponent). The double exponentials are
+    bounded in the strip |Im| < pi/2 of their argument, so every rule is a trapezoid: E and C on |t| <= 8 with
+    half the step the (xi, eta) engine takes for the same weights (the strip is half as wide), v with the
+    finer of the two steps (at most 0.35), on the v range outside which the integrand is below 1e-18.
+    Derivatives by autograd in float64 (the rules do not depend on w within a call).
+    """
+    import torch
+
+    e_nodes, e_w = _normal_line(levels[0] + 4, offset)
+    c_nodes, c_w = _normal_line(levels[1] + 4, offset)
+    h_v = min(0.35, h_of(levels[0] + 4), h_of(levels[1] + 4))
+    w1n, w2n, epsn = (np.asarray(a, dtype=np.float64) for a in (w1, w2, eps))
+    if norm == "linf":
+        radius = 2.0 * (np.abs(w1n) + np.abs(w2n)) * epsn
+    else:
+        radius = np.sqrt(2.0 * (w1n * w1n + w2n * w2n)) * epsn
+    # v range: 1 - phi^(K-1) ~ (K-1) e^(v - w2 mu + w2^2 sigma^2 / 2) below; psi(v - R) < e^-42 above
+    lo = w2n * mu - 0.5 * (w2n * sigma) ** 2 - math.log(k - 1) - 42.0 - 8.0 * np.abs(w2n) * sigma
+    hi = radius - w1n * mu + 8.0 * np.abs(w1n) * sigma + math.log(42.0) + 1.0
+    n_v = int(np.ceil((hi - lo).max() / h_v)) + 2
+    j = np.arange(n_v) + (0.5 if offset else 0.0)
+    v = lo[:, None] + h_v * j[None]                                                     # (B, V)
+    v_w = np.where(v <= hi[:, None] + h_v, h_v, 0.0)
+
+    w1_t = torch.tensor(w1n, dtype=torch.float64, requires_grad=order >= 1)
+    w2_t = torch.tensor(w2n, dtype=torch.float64, requires_grad=order >= 1)
+    eps_t = torch.from_numpy(epsn)
+    e_t, ew_t = torch.from_numpy(mu + sigma * e_nodes), torch.from_numpy(e_w)
+    c_t, cw_t = torch.from_numpy(mu + sigma * c_nodes), torch.from_numpy(c_w)
+    v_t, vw_t = torch.from_numpy(v), torch.from_numpy(v_w)
+    with torch.enable_grad() if order >= 1 else torch.no_grad():
+        if norm == "linf":  # |w| as w * sign(w), the sign held fixed: right/left derivatives at +-0
+            r = 2.0 * (w1_t * torch.copysign(torch.ones_like(w1_t), w1_t.detach())
+                       + w2_t * torch.copysign(torch.ones_like(w2_t), w2_t.detach()))
+        else:
+            r = torch.sqrt(2.0 * (w1_t * w1_t + w2_t * w2_t) + 1e-300)
+        big_r = (eps_t * r)[:, None]                                                    # (B, 1)
+        x_c = torch.exp(v_t[..., None] - w2_t[:, None, None] * c_t)                     # (B, V, C)
+        one_minus_phi = (-torch.expm1(-x_c)) @ cw_t                                     # (B, V)
+        # 1 - phi^(K-1): through log1p where phi is near 1 (no cancellation), directly elsewhere; each branch
+        # gets inputs safe for it, so the unused one's gradient is finite (0, not NaN, after torch.where)
+        small = one_minus_phi < 0.5
+        near_one = -torch.expm1((k - 1) * torch.log1p(-torch.where(small, one_minus_phi, torch.zeros_like(v_t))))
+        far = 1.0 - torch.where(small, torch.full_like(v_t, 0.5), 1.0 - one_minus_phi) ** (k - 1)
+        tail = torch.where(small, near_one, far)
+        x_e = torch.exp((v_t - big_r)[..., None] + w1_t[:, None, None] * e_t)           # (B, V, E)
+        psi = torch.exp(-x_e) @ ew_t                                                    # (B, V)
+        loss_t = (psi * tail * vw_t).sum(-1)
+        loss = loss_t.detach().numpy()
+        if order == 0:
+            return loss, None, None
+        g1, g2 = torch.autograd.grad(loss_t.sum(), (w1_t, w2_t), create_graph=order == 2)
+        grad = torch.stack([g1, g2], dim=-1).detach().numpy()
+        if order == 1:
+            return loss, grad, None
+        h1 = torch.autograd.grad(g1.sum(), (w1_t, w2_t), retain_graph=True)
+        h2 = torch.autograd.grad(g2.sum(), (w1_t, w2_t))
+        hess = torch.stack([torch.stack(h1, -1), torch.stack(h2, -1)], dim=-2).detach().numpy()
+    return loss, grad, hess

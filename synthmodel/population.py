@@ -60,6 +60,13 @@ maximises the distillation loss itself (its target moves with delta, the soft CE
 and the maximum over the box need not sit at a vertex), and joint + kd for l2. proofs_check/README.md
 ("Distillation") has the details and the Claim-3 check.
 
+**Many classes** (K > 4, hard labels; :func:`synthmodel._popquad.frullani_eval`): the (K-1)-dimensional rule
+is too large there, but the hard-label loss log(1 + B S), B = exp(R - w1 E), S = sum_k exp(-w2 C_k), has by
+Frullani's integral log(1 + y) = int_0^inf (e^-t - e^-t(1+y)) dt / t and the independence of the C_k the
+representation ``int psi(v - R) (1 - phi(v)^(K-1)) dv`` with phi, psi one-dimensional Gaussian integrals:
+K is an exponent. It equals the (xi, eta) engine to 1e-12 at K = 3, 4 (tested). Label smoothing,
+distillation and joint l2 beyond K = 4 raise ValueError.
+
 Robust accuracy (probability of being correct under every perturbation of the ball) is exact for
 linear models and the same for both attacks: ``P(min_k M_k > eps r)``, a 1-d integral (see
 :func:`robust_accuracy`).
@@ -371,7 +378,13 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
         chunk = max(8, max_work // _nodes(world, pair, form))
         for lo in range(0, members.size, chunk):
             sl = members[lo:lo + chunk]
-            if form.attack == "joint" and form.norm == "l2":  # hard labels (Formalisation checks), K = 3
+            if world.k > 4 and form.hard and not (form.attack == "joint" and form.norm == "l2"):
+                out = _pq.frullani_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair,
+                                        order, offset)
+            elif world.k > 4:
+                raise ValueError(f"K = {world.k}: only hard labels (logitwise, or joint l_inf) are computed beyond "
+                                 "K = 4 (label smoothing, distillation and joint l2 need the (K-1)-dim rule)")
+            elif form.attack == "joint" and form.norm == "l2":  # hard labels (Formalisation checks), K = 3
                 out = _pq.joint_l2_eval(world.k, world.mu, world.sigma, w1[sl], w2[sl], eps[sl], pair, order, offset)
             elif form.loss == "kd":
                 out = _pq.kd_eval(world.k, world.mu, world.sigma, form.norm, form.teacher, w1[sl], w2[sl], eps[sl],
@@ -411,6 +424,8 @@ _NODE_BUDGET = 200_000  # nodes of one rule; beyond this refinement stops and th
 
 
 def _nodes(world: World, levels: tuple[int, int], form: Formalisation | None = None) -> int:
+    if world.k > 4:  # the 1-d representation: (E and C lines) x ~100 v nodes (frullani_eval)
+        return 100 * sum(_pq.h_of(lv + 4) and int(16 / _pq.h_of(lv + 4)) for lv in levels)
     xi, _, dev, _ = _pq.rule(world.k, *levels)
     # distillation integrates over (e, v) instead of xi alone: one more line of the xi level
     return xi.size * dev.shape[0] * (xi.size if form is not None and form.loss == "kd" else 1)
@@ -1018,6 +1033,9 @@ def validate_theory_params(params: dict) -> None:
                                              "teacher_w1", "teacher_w2", "temperature")})
     if p["attack"] == "joint" and p["norm"] == "l2" and p["preset"] not in ("paper3", "all-but-one-3"):
         raise ValueError(f"attack 'joint' with norm 'l2' is computed for K = 3 only, got preset {p['preset']!r}")
+    k = 3 if p["preset"] == "paper3" else p["preset"].removeprefix("all-but-one-")
+    if str(k).isdigit() and int(k) > 4 and (p["alpha"] != 0 or p["loss"] != "ce"):
+        raise ValueError(f"preset {p['preset']}: beyond K = 4 only hard labels are computed (alpha 0, loss ce)")
 
 
 def theory_point(params: dict) -> dict:
