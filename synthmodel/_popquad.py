@@ -675,8 +675,8 @@ def _normal_line(level: int, offset: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, levels: tuple[int, int], order: int = 2,
-                  offset: bool = False):
-    """Hard-label robust CE (logitwise; == joint for l_inf) for any K by a 1-d outer integral: loss, grad, Hessian.
+                  offset: bool = False, alpha: float = 0.0):
+    """Logitwise robust CE (hard labels == joint for l_inf) for any K by a 1-d outer integral: loss, grad, Hessian.
 
     For class y the loss is log(1 + B S) with B = exp(R - w1 E), S = sum_k exp(-w2 C_k) over the K - 1 wrong
     classes, E and the C_k independent N(mu, sigma^2), R = eps r(w). Frullani's integral
@@ -685,7 +685,11 @@ def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, level
         E log(1 + B S) = int psi(v - R) (1 - phi(v)^(K-1)) dv,
         phi(v) = E_C exp(-exp(v - w2 C)),   psi(s) = E_E exp(-exp(s + w1 E)),
 
-    three one-dimensional Gaussian integrals (K enters only as an exponent). The double exponentials are
+    three one-dimensional Gaussian integrals (K enters only as an exponent). Label smoothing alpha (logitwise):
+    the target-c term (c wrong) is CE of the logits with every class but c raised by R, i.e.
+    ``R + M_c + log(1 + e^(-M_c - R) + sum_(k != c) e^(-M_k))``, whose expectation is by the same steps
+    ``R + (w1 + w2) mu + int psi(v) (1 - phi(v - R) phi(v)^(K-2)) dv``; the loss is
+    ``(1 - alpha + alpha/K) L_y + (K - 1) (alpha/K) L_c``. The double exponentials are
     bounded in the strip |Im| < pi/2 of their argument, so every rule is a trapezoid: E and C on |t| <= 8 with
     half the step the (xi, eta) engine takes for the same weights (the strip is half as wide), v with the
     finer of the two steps (at most 0.35), on the v range outside which the integrand is below 1e-18.
@@ -722,17 +726,25 @@ def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, level
         else:
             r = torch.sqrt(2.0 * (w1_t * w1_t + w2_t * w2_t) + 1e-300)
         big_r = (eps_t * r)[:, None]                                                    # (B, 1)
-        x_c = torch.exp(v_t[..., None] - w2_t[:, None, None] * c_t)                     # (B, V, C)
-        one_minus_phi = (-torch.expm1(-x_c)) @ cw_t                                     # (B, V)
-        # 1 - phi^(K-1): through log1p where phi is near 1 (no cancellation), directly elsewhere; each branch
-        # gets inputs safe for it, so the unused one's gradient is finite (0, not NaN, after torch.where)
-        small = one_minus_phi < 0.5
-        near_one = -torch.expm1((k - 1) * torch.log1p(-torch.where(small, one_minus_phi, torch.zeros_like(v_t))))
-        far = 1.0 - torch.where(small, torch.full_like(v_t, 0.5), 1.0 - one_minus_phi) ** (k - 1)
-        tail = torch.where(small, near_one, far)
-        x_e = torch.exp((v_t - big_r)[..., None] + w1_t[:, None, None] * e_t)           # (B, V, E)
-        psi = torch.exp(-x_e) @ ew_t                                                    # (B, V)
-        loss_t = (psi * tail * vw_t).sum(-1)
+        def log_phi(shift):  # log E_C exp(-exp(v - shift - w2 C)), (B, V)
+            omp = (-torch.expm1(-torch.exp((v_t - shift)[..., None] - w2_t[:, None, None] * c_t))) @ cw_t
+            # log1p where phi is near 1 (no cancellation), log elsewhere (floored: phi may underflow); each
+            # branch gets inputs safe for it, so the unused one's gradient is finite (0, not NaN, after where)
+            small = omp < 0.5
+            near = torch.log1p(-torch.where(small, omp, torch.zeros_like(omp)))
+            far = torch.log(torch.where(small, torch.full_like(omp, 0.5), 1.0 - omp).clamp_min(1e-300))
+            return torch.where(small, near, far)
+
+        def psi(shift):  # E_E exp(-exp(v - shift + w1 E)), (B, V)
+            return torch.exp(-torch.exp((v_t - shift)[..., None] + w1_t[:, None, None] * e_t)) @ ew_t
+
+        log_phi_0 = log_phi(torch.zeros_like(big_r))
+        tail = -torch.expm1((k - 1) * log_phi_0)                                        # 1 - phi^(K-1)
+        loss_t = (psi(big_r) * tail * vw_t).sum(-1)
+        if alpha:
+            tail_c = -torch.expm1(log_phi(big_r) + (k - 2) * log_phi_0)
+            loss_c = big_r[:, 0] + (w1_t + w2_t) * mu + (psi(torch.zeros_like(big_r)) * tail_c * vw_t).sum(-1)
+            loss_t = (1.0 - alpha + alpha / k) * loss_t + (k - 1) * (alpha / k) * loss_c
         loss = loss_t.detach().numpy()
         if order == 0:
             return loss, None, None

@@ -60,12 +60,12 @@ maximises the distillation loss itself (its target moves with delta, the soft CE
 and the maximum over the box need not sit at a vertex), and joint + kd for l2. proofs_check/README.md
 ("Distillation") has the details and the Claim-3 check.
 
-**Many classes** (K > 4, hard labels; :func:`synthmodel._popquad.frullani_eval`): the (K-1)-dimensional rule
-is too large there, but the hard-label loss log(1 + B S), B = exp(R - w1 E), S = sum_k exp(-w2 C_k), has by
-Frullani's integral log(1 + y) = int_0^inf (e^-t - e^-t(1+y)) dt / t and the independence of the C_k the
-representation ``int psi(v - R) (1 - phi(v)^(K-1)) dv`` with phi, psi one-dimensional Gaussian integrals:
-K is an exponent. It equals the (xi, eta) engine to 1e-12 at K = 3, 4 (tested). Label smoothing,
-distillation and joint l2 beyond K = 4 raise ValueError.
+**Many classes** (K > 4; :func:`synthmodel._popquad.frullani_eval`): the (K-1)-dimensional rule is too large
+there, but the hard-label loss log(1 + B S), B = exp(R - w1 E), S = sum_k exp(-w2 C_k), has by Frullani's
+integral log(1 + y) = int_0^inf (e^-t - e^-t(1+y)) dt / t and the independence of the C_k the representation
+``int psi(v - R) (1 - phi(v)^(K-1)) dv`` with phi, psi one-dimensional Gaussian integrals: K is an exponent.
+Logitwise label smoothing has the same form term by term. Both equal the (xi, eta) engine to 1e-12 at
+K = 3, 4 (tested). Joint with label smoothing, joint l2 and distillation beyond K = 4 raise ValueError.
 
 Robust accuracy (probability of being correct under every perturbation of the ball) is exact for
 linear models and the same for both attacks: ``P(min_k M_k > eps r)``, a 1-d integral (see
@@ -378,12 +378,14 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
         chunk = max(8, max_work // _nodes(world, pair, form))
         for lo in range(0, members.size, chunk):
             sl = members[lo:lo + chunk]
-            if world.k > 4 and form.hard and not (form.attack == "joint" and form.norm == "l2"):
+            one_d = form.loss == "ce" and (form.attack == "logitwise" or (form.hard and form.norm == "linf"))
+            if world.k > 4 and one_d:
                 out = _pq.frullani_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair,
-                                        order, offset)
+                                        order, offset, form.alpha)
             elif world.k > 4:
-                raise ValueError(f"K = {world.k}: only hard labels (logitwise, or joint l_inf) are computed beyond "
-                                 "K = 4 (label smoothing, distillation and joint l2 need the (K-1)-dim rule)")
+                raise ValueError(f"K = {world.k}: beyond K = 4 only the logitwise attack (any alpha) and hard-label "
+                                 "joint l_inf are computed (joint with label smoothing, joint l2 and distillation "
+                                 "need the (K-1)-dim rule)")
             elif form.attack == "joint" and form.norm == "l2":  # hard labels (Formalisation checks), K = 3
                 out = _pq.joint_l2_eval(world.k, world.mu, world.sigma, w1[sl], w2[sl], eps[sl], pair, order, offset)
             elif form.loss == "kd":
@@ -1034,8 +1036,9 @@ def validate_theory_params(params: dict) -> None:
     if p["attack"] == "joint" and p["norm"] == "l2" and p["preset"] not in ("paper3", "all-but-one-3"):
         raise ValueError(f"attack 'joint' with norm 'l2' is computed for K = 3 only, got preset {p['preset']!r}")
     k = 3 if p["preset"] == "paper3" else p["preset"].removeprefix("all-but-one-")
-    if str(k).isdigit() and int(k) > 4 and (p["alpha"] != 0 or p["loss"] != "ce"):
-        raise ValueError(f"preset {p['preset']}: beyond K = 4 only hard labels are computed (alpha 0, loss ce)")
+    if str(k).isdigit() and int(k) > 4 and (p["loss"] != "ce" or (p["attack"] == "joint" and p["alpha"] != 0)):
+        raise ValueError(f"preset {p['preset']}: beyond K = 4 only loss ce with the logitwise attack (any alpha) "
+                         "or hard-label joint l_inf is computed")
 
 
 def theory_point(params: dict) -> dict:
