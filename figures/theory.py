@@ -15,7 +15,8 @@ ZERO_WEIGHT = 1e-6  # |w1|, |w2| below this: the optimum is the zero model
 
 # what the figures compute themselves when no store holds theory points: the paper's world
 DEFAULT_WORLD = {"preset": "paper3", "mu": 1.0, "sigma": 0.5}
-DEFAULT_FORMS = [("joint", "linf", "unconstrained"), ("logitwise", "linf", "unconstrained")]
+DEFAULT_FORMS = [("joint", "linf", "unconstrained"), ("logitwise", "linf", "unconstrained"),
+                 ("pgd", "linf", "unconstrained")]
 DEFAULT_ALPHAS = (0.0, 0.2)
 
 

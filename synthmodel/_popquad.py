@@ -346,7 +346,8 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
     clean input (independent of the student's weights, so the gradient and Hessian are those of the
     label-smoothing case with per-node target weights).
 
-    ``joint`` (l_inf): the student and the teacher both see x + delta*, delta* the student's hard-label worst
+    ``vertex`` (l_inf; the population engine's attack 'pgd'): the student and the teacher both see x + delta*,
+    delta* the student's hard-label worst
     case (what PGD on the labels realises; the vertex with signs (-s1, +s2) on the true class's (E, C) and
     (+s1, -s2) on every other class's, s = sign(w)). It raises every wrong student logit over the true one by
     R = 2 eps (|w1| + |w2|) and every wrong teacher logit by ``R_T = 2 eps (a1 s1 + a2 s2)``, so the loss is
@@ -363,9 +364,9 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
                                                         + w2[:, None, None] * c[None])        # (B, N, K-1)
     z = np.concatenate([np.zeros((b, n, 1)), -margins], axis=-1)                             # (B, N, K)
     eye = np.eye(k)
-    if attack == "joint":
+    if attack == "vertex":
         if norm != "linf":
-            raise ValueError("joint distillation is exact for l_inf only")
+            raise ValueError("distillation at the hard-label vertex is exact for l_inf only")
         a1, a2, _ = teacher
         shift_t = 2.0 * eps * (a1 * np.copysign(1.0, w1) + a2 * np.copysign(1.0, w2))
         tgt = kd_targets(mu, sigma, teacher, e, c, shift_t)                                   # (B, N, K)
@@ -385,7 +386,7 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
         ymax = y.max(axis=-1, keepdims=True)
         ey = np.exp(y - ymax)
         tot = ey.sum(-1, keepdims=True)
-        if attack == "joint":  # soft CE sum_c t_c (LSE(y) - y_c), the t_c summing to 1
+        if attack == "vertex":  # soft CE sum_c t_c (LSE(y) - y_c), the t_c summing to 1
             node_loss += np.log(tot[..., 0]) + ymax[..., 0] - (weight * y).sum(-1)
             g = ey / tot - weight
             weight = np.ones((1, 1))

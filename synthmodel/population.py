@@ -44,21 +44,27 @@ dual l1) or ``sqrt(2 (w1^2 + w2^2))`` (l2).
   Wrong class k then rises by ``eps |w| (1 + q_k) / sqrt(1 + q_1^2 + q_2^2)``, between eps |w| sqrt(3/2)
   (q = 1/2) and the logitwise eps |w| sqrt 2. Joint l2 with soft targets, or K = 4, raises ValueError.
 
-**Distillation** (``Formalisation(loss='kd', teacher_w1=a1, teacher_w2=a2, temperature=T)``, logitwise
-only): targets ``t = softmax(teacher_logits / T)`` of the tied teacher (a1, a2) on the *clean* input (there is
-no single adversarial input under the logitwise attack; the clean input is also what
+* ``pgd`` (the training attack): delta* maximises the *hard-label* CE, as PGD on the labels does in
+  synthmodel.train and real_data.train, and the objective (label smoothing or distillation) is evaluated at
+  x + delta*. For hard labels pgd == joint. For the tied model and l_inf delta* is the all-plus vertex above,
+  exactly, for every sample, so every wrong student logit rises by R = eps r(w):
+
+  - label smoothing: ``E[LSE(z + R) - sum_c t_c (z + R)_c] = L_hard + (alpha (K-1)/K) ((w1 + w2) mu - R)``,
+    the hard-label loss plus a term linear in each quadrant (concave kinks on the axes);
+  - distillation: the teacher sees x + delta* too, its wrong logits rise by ``2 eps (a1 sign w1 + a2 sign
+    w2)``; the targets depend on w only through its signs (the loss jumps where sign(w2) flips).
+
+  Not computed: ``joint`` + ``kd`` (an adversary maximising the distillation loss itself: its target moves
+  with delta, the soft CE is not convex in delta, and the maximum over the box need not sit at a vertex), and
+  pgd with soft targets for l2. proofs_check/README.md ("Distillation") has the details and the Claim-3 check.
+
+**Distillation** (``Formalisation(loss='kd', teacher_w1=a1, teacher_w2=a2, temperature=T)``; logitwise
+here, pgd above): targets ``t = softmax(teacher_logits / T)`` of the tied teacher (a1, a2) on the *clean*
+input (there is no single adversarial input under the logitwise attack; the clean input is also what
 :func:`synthmodel.train.logitwise_objective` gets from the training loop), loss
 ``E sum_c t_c CE(z + eps r [k != c], c)`` at student temperature 1. The teacher's margins
 ``a1 E + a2 C_k`` involve another direction of (e, mean(c)) than the student's xi, so this integral is over
 (e, v = sqrt(K-1) mean(c), eta): K dimensions, 3 for paper3 (:func:`synthmodel._popquad.kd_eval`).
-``joint`` + ``kd`` (l_inf) is what AT + distillation training does (synthmodel.train and real_data.train):
-PGD maximises the *hard-label* loss, and student and teacher both see x + delta*. For the tied model
-delta* is the all-plus vertex above, exactly, so the student's wrong logits rise by eps r and the teacher's
-by ``2 eps (a1 sign w1 + a2 sign w2)``; the targets then depend on w only through its signs (the loss
-jumps where sign(w2) flips, so it is not convex across quadrants). Not computed: an adversary that
-maximises the distillation loss itself (its target moves with delta, the soft CE is not convex in delta,
-and the maximum over the box need not sit at a vertex), and joint + kd for l2. proofs_check/README.md
-("Distillation") has the details and the Claim-3 check.
 
 **Many classes** (K > 4; :func:`synthmodel._popquad.frullani_eval`): the (K-1)-dimensional rule is too large
 there, but the hard-label loss log(1 + B S), B = exp(R - w1 E), S = sum_k exp(-w2 C_k), has by Frullani's
@@ -92,7 +98,7 @@ __all__ = [
     "THEORY_PARAMS",
 ]
 
-ATTACKS = ("joint", "logitwise")
+ATTACKS = ("joint", "logitwise", "pgd")
 LOSSES = ("ce", "kd")  # cross-entropy (with label smoothing alpha) or distillation from a tied teacher
 NORMS = ("linf", "l2")
 # weights constraint -> meaning (documented in proofs_check/README.md)
@@ -143,11 +149,13 @@ def world_from(world: FeatureModel | str | World, mu: float | None = None, sigma
 class Formalisation:
     """One choice of attack model, norm, targets and weight constraint (DESIGN.md "Formalisations").
 
+    ``attack``: ``'joint'`` (one delta maximising the training objective itself), ``'logitwise'`` (each
+    wrong logit against its own worst case) or ``'pgd'`` (one delta maximising the hard-label CE, the
+    objective evaluated there: what AT with label smoothing or distillation trains on; == joint for hard labels).
     ``loss``: ``'ce'`` (cross-entropy, label-smoothed by ``alpha``) or ``'kd'`` (distillation: targets
     ``softmax(teacher_logits / temperature)`` of the tied teacher (teacher_w1, teacher_w2); needs alpha = 0;
-    the teacher sees the clean input under ``logitwise`` and the student's hard-label worst case x + delta*
-    under ``joint`` (l_inf only), as AT + distillation training does). The teacher fields are ignored for
-    ``'ce'``.
+    the teacher sees the clean input under ``logitwise`` and x + delta* under ``pgd`` (l_inf only)). The
+    teacher fields are ignored for ``'ce'``.
     """
 
     attack: str = "logitwise"
@@ -184,12 +192,16 @@ class Formalisation:
             if self.alpha != 0.0:
                 raise ValueError("loss 'kd' takes its targets from the teacher: alpha must be 0 (use either label "
                                  "smoothing or a teacher, not both)")
-            if self.attack == "joint" and self.norm != "linf":
-                raise ValueError("attack 'joint' with loss 'kd' is computed for l_inf only; use attack "
-                                 "'logitwise' for l2")
-        if self.attack == "joint" and self.norm == "l2" and self.alpha != 0.0:
-            raise ValueError("attack 'joint' with norm 'l2' is computed for hard labels only (alpha = 0): with soft "
-                             "targets the adversary's inner maximum is no longer a 1-d fixed point; use attack "
+            if self.attack == "joint":
+                raise ValueError("attack 'joint' with loss 'kd' (an adversary maximising the distillation loss, "
+                                 "whose target moves with delta) is not computed; attack 'pgd' (hard-label attack, "
+                                 "teacher on x + delta, as AT + distillation training does) is")
+            if self.attack == "pgd" and self.norm != "linf":
+                raise ValueError("attack 'pgd' with loss 'kd' is computed for l_inf only; use attack 'logitwise' "
+                                 "for l2")
+        if self.attack in ("joint", "pgd") and self.norm == "l2" and self.alpha != 0.0:
+            raise ValueError(f"attack {self.attack!r} with norm 'l2' is computed for hard labels only (alpha = 0): "
+                             "with soft targets the l2 inner maximum is no longer a 1-d fixed point; use attack "
                              "'logitwise' (an upper bound)")
 
     @property
@@ -208,13 +220,23 @@ class Formalisation:
 
         Hard labels: log(1 + sum exp(-(affine) + eps * norm(w))) is convex. Logitwise soft targets: a
         non-negative combination of such terms. Joint with alpha > 0: the adversary may *lower* some
-        logits (signs -1), which breaks convexity: not established, global search.
+        logits (signs -1), which breaks convexity: not established, global search. pgd with soft targets:
+        convex inside each closed quadrant only (:attr:`quadrant_convex`).
         """
         return self.hard or self.attack == "logitwise"
 
     @property
+    def quadrant_convex(self) -> bool:
+        """Convex inside each closed quadrant of (w1, w2), so projected Newton per quadrant is exact.
+
+        pgd + label smoothing: hard-label loss (convex) plus ``c ((w1 + w2) mu - eps r(w))``, linear in each
+        quadrant (concave kinks on the axes). pgd + distillation: targets fixed in each quadrant.
+        """
+        return self.convex or self.attack == "pgd"
+
+    @property
     def sign_dependent(self) -> bool:
-        """Joint distillation: the targets depend on sign(w) (the teacher sees the student's vertex), so the
+        """pgd distillation: the targets depend on sign(w) (the teacher sees the student's vertex), so the
         objective jumps across the axes; inside each closed quadrant the targets are fixed and it is convex.
 
         Gradient training never sees the jumps (the teacher's output is a constant target), so it stays in
@@ -222,7 +244,7 @@ class Formalisation:
         (w >= 0), where the claims live. Another quadrant can have a lower objective only through the jump:
         a student with w1 = -0 turns its own adversary's E moves to the teacher's advantage.
         """
-        return self.loss == "kd" and self.attack == "joint"
+        return self.loss == "kd" and self.attack == "pgd"
 
 
 # -- quadrature rules --------------------------------------------------------------------------
@@ -296,9 +318,10 @@ def _joint_patterns(k: int) -> torch.Tensor:
 def _node_loss(world: World, form: Formalisation, w1: torch.Tensor, w2: torch.Tensor, eps: torch.Tensor,
                level: tuple[int, int]) -> torch.Tensor:
     """Per-node robust loss, shape (B, N); w1, w2, eps of shape (B,)."""
-    if form.loss == "kd" or (form.attack == "joint" and form.norm == "l2"):
-        raise ValueError("the autograd reference has no distillation and no joint l2; use robust_loss / "
-                         "loss_derivatives")
+    if form.loss == "kd" or (form.attack in ("joint", "pgd") and form.norm == "l2") or (
+            form.attack == "pgd" and not form.hard):
+        raise ValueError("the autograd reference has no distillation, joint l2 or pgd with soft targets; use "
+                         "robust_loss / loss_derivatives")
     k, mu, sigma = world.k, world.mu, world.sigma
     xi, dev, _ = _rule(k, *level)
     sd = torch.sqrt(w1 * w1 + w2 * w2 / (k - 1) + 1e-300)
@@ -365,6 +388,17 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
     that share a pair are evaluated together (chunks of about ``max_work`` node-elements), so every eps
     pays only for the rule its own weights need.
     """
+    if form.attack == "pgd" and form.loss == "ce" and form.alpha:
+        # the hard-label attack's delta* (all wrong logits up by R = eps r(w), exact for l_inf), label-smoothed CE
+        # there: E[LSE(z + R) - sum_c t_c (z + R)_c] = L_hard + (alpha (K-1) / K) ((w1 + w2) mu - R)
+        hard = Formalisation(attack="logitwise", norm=form.norm, weights=form.weights, weight_decay=form.weight_decay)
+        loss, grad, hess = _evaluate(world, hard, w1, w2, eps, levels, order, max_work, offset)
+        c = form.alpha * (world.k - 1) / world.k
+        s1, s2 = np.copysign(1.0, w1), np.copysign(1.0, w2)
+        loss = loss + c * ((w1 + w2) * world.mu - 2.0 * eps * (s1 * w1 + s2 * w2))
+        if grad is not None:
+            grad = grad + c * np.stack([world.mu - 2.0 * eps * s1, world.mu - 2.0 * eps * s2], axis=1)
+        return loss, grad, hess
     b = w1.size
     lv = _level_array(levels, b)
     max_work = max_work or (1 << 17 if form.hard else 1 << 15)
@@ -386,11 +420,11 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
                 raise ValueError(f"K = {world.k}: beyond K = 4 only the logitwise attack (any alpha) and hard-label "
                                  "joint l_inf are computed (joint with label smoothing, joint l2 and distillation "
                                  "need the (K-1)-dim rule)")
-            elif form.attack == "joint" and form.norm == "l2":  # hard labels (Formalisation checks), K = 3
+            elif form.attack in ("joint", "pgd") and form.norm == "l2":  # hard labels (Formalisation checks), K = 3
                 out = _pq.joint_l2_eval(world.k, world.mu, world.sigma, w1[sl], w2[sl], eps[sl], pair, order, offset)
             elif form.loss == "kd":
                 out = _pq.kd_eval(world.k, world.mu, world.sigma, form.norm, form.teacher, w1[sl], w2[sl], eps[sl],
-                                  pair, order, offset, form.attack)
+                                  pair, order, offset, "vertex" if form.attack == "pgd" else "logitwise")
             elif form.alpha == 0.0:  # hard labels: joint == logitwise for l_inf (module docstring)
                 out = _pq.hard_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair, order,
                                    offset)
@@ -778,7 +812,7 @@ def _optimise_free(world: World, form: Formalisation, eps: np.ndarray, start: np
             start = np.stack([PchipInterpolator(sub_eps[keep], coarse[0][keep, j])(eps) for j in range(2)], 1)
     start = _standard_start(world, b) if start is None else np.asarray(start, dtype=np.float64).reshape(b, 2)
     quadrants = [(1.0, 1.0)] if form.hard or form.sign_dependent else list(product((1.0, -1.0), repeat=2))
-    starts = [np.abs(start)] if form.convex or form.sign_dependent else [np.abs(start), np.abs(start) * [1.0, 0.1],
+    starts = [np.abs(start)] if form.quadrant_convex else [np.abs(start), np.abs(start) * [1.0, 0.1],
                                                    np.abs(start) * [0.1, 1.0]]
     best = None
     for signs in quadrants:
@@ -858,7 +892,8 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
     w = np.where(same_side & free, w + correction, w)
     method = ("projected Newton per quadrant (convex)" if form.convex
               else "projected Newton in the first quadrant (convex there; targets depend on sign(w))"
-              if form.sign_dependent else "multi-start projected Newton (global search)")
+              if form.sign_dependent else "projected Newton per quadrant (convex in each quadrant)"
+              if form.quadrant_convex else "multi-start projected Newton (global search)")
     return {"w1": w[:, 0] + 0.0, "w2": w[:, 1] + 0.0, "objective": value, "quad_error": error, "w_error": w_error,
             "method": method, "convex": form.convex}
 
@@ -1033,8 +1068,9 @@ def validate_theory_params(params: dict) -> None:
     p = _check_params(params)
     Formalisation(**{key: p[key] for key in ("attack", "norm", "alpha", "weights", "weight_decay", "loss",
                                              "teacher_w1", "teacher_w2", "temperature")})
-    if p["attack"] == "joint" and p["norm"] == "l2" and p["preset"] not in ("paper3", "all-but-one-3"):
-        raise ValueError(f"attack 'joint' with norm 'l2' is computed for K = 3 only, got preset {p['preset']!r}")
+    if p["attack"] in ("joint", "pgd") and p["norm"] == "l2" and p["preset"] not in ("paper3", "all-but-one-3"):
+        raise ValueError(f"attack {p['attack']!r} with norm 'l2' is computed for K = 3 only, got preset "
+                         f"{p['preset']!r}")
     k = 3 if p["preset"] == "paper3" else p["preset"].removeprefix("all-but-one-")
     if str(k).isdigit() and int(k) > 4 and (p["loss"] != "ce" or (p["attack"] == "joint" and p["alpha"] != 0)):
         raise ValueError(f"preset {p['preset']}: beyond K = 4 only loss ce with the logitwise attack (any alpha) "

@@ -248,7 +248,7 @@ def test_theory_point_contract():
     assert out["w1"] ** 2 + out["w2"] ** 2 == pytest.approx(1.0, abs=1e-12)
     assert out["quad_error"] < 1e-8
     assert set(THEORY_PARAMS) >= {"preset", "mu", "sigma", "eps", "alpha", "attack", "norm", "weights"}
-    for bad, key in (({"colour": 1}, "colour"), ({"sigma": -1.0}, "sigma"), ({"attack": "pgd"}, "attack"),
+    for bad, key in (({"colour": 1}, "colour"), ({"sigma": -1.0}, "sigma"), ({"attack": "fgsm"}, "attack"),
                      ({"alpha": 1.0}, "alpha"), ({"preset": "ring-3"}, "preset"),
                      ({"norm": "l2", "attack": "joint", "alpha": 0.1}, "l2")):
         params = {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.1, **bad}

@@ -49,7 +49,7 @@ def test_kd_loss_matches_monte_carlo_of_train_objective(norm):
 
 
 @pytest.mark.parametrize("w1, w2", [(2.0, 0.7), (2.0, -0.3), (-0.5, 0.4)])
-def test_joint_kd_loss_matches_monte_carlo_of_pgd_distillation_training(w1, w2):
+def test_pgd_kd_loss_matches_monte_carlo_of_pgd_distillation_training(w1, w2):
     # what AT + distillation training computes (synthmodel.train): PGD-10 on the hard labels, then the soft CE
     # of the student against the teacher, both on x_adv. 1e5 samples in 20 batches; 5 standard errors of the
     # mean (from the spread of the batch means). Student signs (+,+), (+,-), (-,+): the teacher's shift
@@ -66,17 +66,17 @@ def test_joint_kd_loss_matches_monte_carlo_of_pgd_distillation_training(w1, w2):
             means.append(float(robust_objective(student(x_adv), yb, teacher_logits=teacher(x_adv), temperature=2.0)))
     means = np.array(means)
     se = means.std(ddof=1) / math.sqrt(means.size)
-    pop = robust_loss(PAPER3, _kd("linf", attack="joint"), w1, w2, 0.15)
+    pop = robust_loss(PAPER3, _kd("linf", attack="pgd"), w1, w2, 0.15)
     assert pop.error[0] < 1e-8
     assert abs(means.mean() - pop.value[0]) < 5 * se
 
 
-def test_joint_kd_zero_temperature_limit_is_hard_label_loss():
+def test_pgd_kd_zero_temperature_limit_is_hard_label_loss():
     # teacher (1, 0.5) at x + delta*: its margin is E + 0.5 C_k - 2 eps (1 + 0.5) = 0.9 + O(sigma) at eps 0.2,
-    # so the mass off the label is ~ 2 exp(-0.9 / T) ~ 2e-13 at T = 0.03: the joint distillation loss must equal
+    # so the mass off the label is ~ 2 exp(-0.9 / T) ~ 2e-13 at T = 0.03: the pgd distillation loss must equal
     # the hard-label loss to the tolerance there, approaching it monotonically as T falls
-    hard = robust_loss(SHARP, Formalisation(attack="joint"), 2.0, 0.7, 0.2).value[0]
-    gaps = [abs(robust_loss(SHARP, _kd("linf", 1.0, 0.5, t, attack="joint"), 2.0, 0.7, 0.2).value[0] - hard)
+    hard = robust_loss(SHARP, Formalisation(attack="pgd"), 2.0, 0.7, 0.2).value[0]
+    gaps = [abs(robust_loss(SHARP, _kd("linf", 1.0, 0.5, t, attack="pgd"), 2.0, 0.7, 0.2).value[0] - hard)
             for t in (0.5, 0.2, 0.1, 0.03)]
     assert gaps[-1] < 1e-8
     assert all(a > b for a, b in zip(gaps, gaps[1:]))
@@ -117,7 +117,7 @@ def test_one_hot_teacher_approaches_cross_entropy():
     assert all(a > b for a, b in zip(gaps, gaps[1:]))
 
 
-@pytest.mark.parametrize("attack", ["logitwise", "joint"])
+@pytest.mark.parametrize("attack", ["logitwise", "pgd"])
 def test_kd_gradient_and_hessian_match_finite_differences(attack):
     form = _kd("linf", 1.2, 0.4, 1.5, attack=attack)
     _, grad, hess = loss_derivatives(PAPER3, form, 2.0, 0.8, 0.2)
@@ -141,8 +141,10 @@ def test_kd_two_rules_agree_within_error_estimate():
 
 def test_kd_formalisation_and_theory_point_contract():
     with pytest.raises(ValueError, match="joint"):
-        _kd("l2", attack="joint")
-    assert not _kd(attack="joint").convex and _kd().convex
+        _kd(attack="joint")
+    with pytest.raises(ValueError, match="l_inf"):
+        _kd("l2", attack="pgd")
+    assert not _kd(attack="pgd").convex and _kd(attack="pgd").quadrant_convex and _kd().convex
     with pytest.raises(ValueError, match="alpha"):
         _kd(alpha=0.1)
     with pytest.raises(ValueError, match="temperature"):
@@ -225,12 +227,12 @@ def test_monte_carlo_distillation_optimum_converges_to_population():
 
 
 @pytest.mark.parametrize("teacher", [(1.5, 0.9, 2.0), (2.0, 0.3, 0.8), (0.7, 1.1, 1.0)])
-def test_joint_kd_optimum_is_the_teacher_over_temperature(teacher):
+def test_pgd_kd_optimum_is_the_teacher_over_temperature(teacher):
     # the student's logits at x + delta* are z(x) + R [k != y], the teacher's (z_T(x) + R_T [k != y]) / T with
     # R = 2 eps (w1 + w2), R_T = 2 eps (a1 + a2) in the first quadrant: w = a / T makes them equal at every
     # sample, where the soft CE attains its pointwise minimum (the entropy of the targets), for every eps
     a1, a2, temp = teacher
-    form = _kd("linf", a1, a2, temp, attack="joint")
+    form = _kd("linf", a1, a2, temp, attack="pgd")
     opt = optimal_weights(PAPER3, form, [0.05, 0.2, 0.4])
     np.testing.assert_allclose(opt["w1"], a1 / temp, atol=1e-6)
     np.testing.assert_allclose(opt["w2"], a2 / temp, atol=1e-6)

@@ -48,7 +48,7 @@ def test_cli_json_and_errors(capsys):
     out = json.loads(capsys.readouterr().out)
     rows = out["formalisations"]
     assert {(r["attack"], r["norm"]) for r in rows} == {("joint", "linf"), ("joint", "l2"), ("logitwise", "linf"),
-                                                        ("logitwise", "l2")}
+                                                        ("logitwise", "l2"), ("pgd", "linf"), ("pgd", "l2")}
     for row in rows:
         assert set(row) >= {"attack", "weights", "loss", "claims", "eps0", "eps1"}
         assert set(row["claims"]) == {"1", "2", "3"}
@@ -66,14 +66,14 @@ def test_cli_json_and_errors(capsys):
 
 
 def test_cli_distillation_teacher_option(capsys):
-    # joint (AT-style) distillation: student and teacher see the same x + delta*, so a student equal to the
+    # pgd (AT-style) distillation: student and teacher see the same x + delta*, so a student equal to the
     # teacher over T reproduces the targets exactly (pointwise KL 0): the optimum is (a1, a2) / T at every eps
-    assert main(["--weights", "unconstrained", "--attacks", "joint", "--teacher", "1.5", "0.9", "2", "--json",
+    assert main(["--weights", "unconstrained", "--attacks", "pgd", "--teacher", "1.5", "0.9", "2", "--json",
                  "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["teacher"] == [1.5, 0.9, 2.0] and out["alpha"] is None
     rows = out["formalisations"]
-    assert {r["attack"] for r in rows} == {"joint"}
+    assert {r["attack"] for r in rows} == {"pgd"}
     (row,) = [r for r in rows if r["norm"] == "linf"]
     assert row["loss"] == "distillation"
     np.testing.assert_allclose(row["evidence"]["w1_ls"], 0.75, atol=1e-6)

@@ -101,7 +101,7 @@ def test_paper_presets_expand():
     assert {p.kind for p in dynamics.points} == {"dynamics"}
     for name in ("epochs", "eps", "soft"):
         assert len(preset_grid(f"dynamics-{name}").points) == len(experiment_points(name))
-    assert len(preset_grid("paper-theory").points) == 26 * 4 * 2  # eps x alpha x attack
+    assert len(preset_grid("paper-theory").points) == 26 * 4 * 3  # eps x alpha x attack
 
 
 # -- store, resume, executors --------------------------------------------------------------------

@@ -233,15 +233,16 @@ def preset_grid(name: str) -> Grid:
 
 
 # paper-theory: the paper's world (paper3, mu = 1, sigma = 0.5) on the exact population engine, eps over
-# (0, mu/2) where Claim 1 lives, label smoothing alpha (Claim 3), both attack formalisations of DESIGN.md,
-# l_inf. The weight constraint is the engine's default; the engine's THEORY_PARAMS lists the others.
+# (0, mu/2) where Claim 1 lives, label smoothing alpha (Claim 3), the attack formalisations of DESIGN.md and
+# 'pgd' (what AT + label smoothing trains on: hard-label attack, smoothed loss there), l_inf. The weight
+# constraint is the engine's default; the engine's THEORY_PARAMS lists the others.
 register_preset("paper-theory", "population engine: eps x label smoothing x attack formalisation (paper3, linf)", {
     "kind": "theory",
     "fixed": {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "norm": "linf"},
     "grid": {
         "eps": {"linspace": [0.0, 0.5, 26]},        # input units; mu / 2 = 0.5 bounds Claim 1's range
         "alpha": [0.0, 0.1, 0.2, 0.3],              # label smoothing
-        "attack": ["joint", "logitwise"],
+        "attack": ["joint", "logitwise", "pgd"],
     },
 })
 

@@ -1,0 +1,95 @@
+"""Population engine, attack 'pgd': the objective AT actually trains on (hard-label attack, soft targets there)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from synthmodel import attacks as atk
+from synthmodel import make_preset, sample
+from synthmodel.losses import robust_objective
+from synthmodel.models import TiedLinear
+from synthmodel.population import Formalisation, loss_derivatives, optimal_weights, robust_loss, world_from
+from synthmodel.train import TrainConfig, train
+
+PAPER3 = world_from("paper3")
+
+
+def _sampled_objective(model, x, y, eps, alpha, gen):
+    """synthmodel.train's AT batch loss: PGD-10 on the hard labels, then label-smoothed CE at x_adv."""
+    x_adv = atk.pgd(model, x, y, eps=eps, steps=10, generator=gen, mode=None)
+    return robust_objective(model(x_adv), y, alpha=alpha)
+
+
+@pytest.mark.parametrize("w1, w2", [(2.0, 0.7), (1.5, -0.4)])
+def test_pgd_label_smoothing_matches_monte_carlo_of_the_training_objective(w1, w2):
+    # 1e5 samples in 20 batches; 5 standard errors of the mean from the batch means' spread
+    world = make_preset("paper3")
+    x, y = sample(world, 100_000, 17, dtype="float64")
+    model = TiedLinear(world, w1, w2, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        means = np.array([float(_sampled_objective(model, xb, yb, 0.2, 0.1, gen))
+                          for xb, yb in zip(x.chunk(20), y.chunk(20), strict=True)])
+    se = means.std(ddof=1) / math.sqrt(means.size)
+    pop = robust_loss(PAPER3, Formalisation(attack="pgd", alpha=0.1), w1, w2, 0.2)
+    assert pop.error[0] < 1e-8
+    assert abs(means.mean() - pop.value[0]) < 5 * se
+
+
+def test_pgd_equals_joint_for_hard_labels_and_differs_from_both_with_label_smoothing():
+    w1, w2, eps = [2.0, 1.0, 4.0], [0.5, 1.0, -0.3], [0.1, 0.2, 0.3]
+    for norm in ("linf", "l2"):
+        pgd = robust_loss(PAPER3, Formalisation(attack="pgd", norm=norm), w1, w2, eps).value
+        joint = robust_loss(PAPER3, Formalisation(attack="joint", norm=norm), w1, w2, eps).value
+        np.testing.assert_array_equal(pgd, joint)
+    # with soft targets the joint adversary maximises the training objective itself, pgd's does not: joint >= pgd
+    # (pgd's delta* is one feasible point of joint's maximisation), strictly here
+    pgd = robust_loss(PAPER3, Formalisation(attack="pgd", alpha=0.2), w1, w2, eps).value
+    joint = robust_loss(PAPER3, Formalisation(attack="joint", alpha=0.2), w1, w2, eps).value
+    assert np.all(joint > pgd + 1e-6)
+
+
+def test_pgd_label_smoothing_gradient_matches_finite_differences():
+    form = Formalisation(attack="pgd", alpha=0.15)
+    for w1, w2 in ((2.0, 0.8), (1.2, -0.5)):
+        _, grad, hess = loss_derivatives(PAPER3, form, w1, w2, 0.2, level=(4, 4))
+        h = 1e-5
+        for j, (da, db) in enumerate(((h, 0.0), (0.0, h))):
+            plus = loss_derivatives(PAPER3, form, w1 + da, w2 + db, 0.2, level=(4, 4))
+            minus = loss_derivatives(PAPER3, form, w1 - da, w2 - db, 0.2, level=(4, 4))
+            assert (plus[0][0] - minus[0][0]) / (2 * h) == pytest.approx(grad[0, j], abs=1e-8)
+            np.testing.assert_allclose((plus[1][0] - minus[1][0]) / (2 * h), hess[0, j], atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_training_loop_converges_to_the_population_optimum(alpha):
+    # synthmodel.train itself (PGD-10 attack, full-batch SGD with momentum, 300 epochs: the gradient of the
+    # sampled objective is < 1e-6 at the end) on n = 2e4 samples; the sample minimiser deviates from the
+    # population one by ~ sqrt(diag(H^-1 J H^-1) / n) (M-estimation, J the per-sample gradient covariance
+    # from 50 batch means of 400); allow 5 of those
+    n, eps = 20_000, 0.15
+    config = TrainConfig(model="tied", mode="at", attack="pgd", eps=eps, label_smoothing=alpha, n_train=n,
+                         batch_size=n, optimizer="sgd", lr=2.0, momentum=0.9, schedule="constant", epochs=300,
+                         dtype="float64", n_test=100, eval_steps=1, seed=3)
+    result = train(config)
+    w_train = np.array([float(result.model.head.w1.detach()), float(result.model.head.w2.detach())])
+    form = Formalisation(attack="pgd", alpha=alpha)
+    pop = optimal_weights(PAPER3, form, [eps])
+    w_pop = np.array([pop["w1"][0], pop["w2"][0]])
+    _, _, hess = loss_derivatives(PAPER3, form, *w_pop, eps)
+    world = make_preset("paper3")
+    x, y = sample(world, n, 99, dtype="float64")  # fresh samples for the covariance
+    model = TiedLinear(world, *w_pop, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    grads = []
+    for i in range(0, n, 400):
+        loss = _sampled_objective(model, x[i:i + 400], y[i:i + 400], eps, alpha, gen)
+        grads.append([float(g) for g in torch.autograd.grad(loss, [model.head.w1, model.head.w2])])
+    hinv = np.linalg.inv(hess[0])
+    se = np.sqrt(np.diag(hinv @ (np.cov(np.array(grads).T) * 400) @ hinv) / n)
+    assert np.all(np.abs(w_train - w_pop) < 5 * se)
