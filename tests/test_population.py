@@ -310,3 +310,15 @@ def test_curve_optimum_reports_verified_errors():
     # a different start converges to the same optimum (convex): agreement to the reported w_error scale
     np.testing.assert_allclose(cold["w1"], opt["w1"][::9], atol=1e-7)
     np.testing.assert_allclose(cold["w2"], opt["w2"][::9], atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha, mu, sigma, preset", [(0.1, 1.0, 0.5, "paper3"), (0.25, 2.0, 0.7, "paper3"),
+                                                      (0.2, 1.0, 0.4, "all-but-one-4")])
+def test_logitwise_label_smoothing_threshold_is_one_minus_alpha_times_half_mu(alpha, mu, sigma, preset):
+    # derived by hand (proofs_check/README.md, "eps1 in closed form"): at w = t d, t -> 0+, every logit is 0 and
+    # the directional derivative of the logitwise smoothed loss is (K-1)/K [eps r(d) - (d1 + d2) mu (1 - alpha)],
+    # so the model collapses to w = 0, and dL/dw2 at w2 = 0 turns non-negative, exactly at (1 - alpha) mu / 2,
+    # whatever sigma and K; the engine finds its threshold by bracketing (brentq, xtol 1e-7)
+    world = world_from(preset, mu=mu, sigma=sigma)
+    th = threshold(world, Formalisation(alpha=alpha))
+    assert th.eps == pytest.approx((1 - alpha) * mu / 2, abs=1e-6)
