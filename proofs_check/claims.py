@@ -53,12 +53,13 @@ def check_claim2(world: World, norm: str, n_eps: int = 6, n_w2: int = 11) -> dic
 
 
 def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
-                        teacher: tuple[float, float, float] | None = None) -> dict:
+                        teacher: tuple[float, float, float] | None = None, skip_soft: str | None = None) -> dict:
     """Thresholds, optimal weights on an eps grid and verdicts on claims 1 and 3 for one formalisation.
 
     ``teacher``: (teacher_w1, teacher_w2, temperature) puts distillation from that tied teacher in place of
     label smoothing as the soft-label objective of Claim 3 (``alpha`` is then ignored; "eps1" is the
-    distillation threshold and the "_ls" evidence the distilled weights).
+    distillation threshold and the "_ls" evidence the distilled weights). ``skip_soft``: a reason not to
+    compute the soft-label objective (Claim 3 then says "not computed (reason)").
     """
     base = {"attack": spec["attack"], "norm": spec["norm"], "weights": spec["weights"], "loss": "cross-entropy",
             "alpha": alpha, "weight_decay": spec["weight_decay"]}
@@ -75,8 +76,10 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
         else:
             smooth = Formalisation(loss="kd", teacher_w1=teacher[0], teacher_w2=teacher[1], temperature=teacher[2],
                                    **spec)
-    except ValueError as exc:  # e.g. joint + l2: hard labels only
+    except ValueError as exc:  # e.g. pgd + l2: hard labels only
         smooth, note = None, str(exc)
+    if skip_soft is not None:
+        smooth, note = None, skip_soft
     half = world.mu / 2
     grid = np.linspace(half / (n_eps + 1), half * n_eps / (n_eps + 1), n_eps)
     try:

@@ -757,3 +757,128 @@ def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, level
         h2 = torch.autograd.grad(g2.sum(), (w1_t, w2_t))
         hess = torch.stack([torch.stack(h1, -1), torch.stack(h2, -1)], dim=-2).detach().numpy()
     return loss, grad, hess
+
+
+# -- joint l2 with label smoothing (K = 3): the adversary on an ellipse --------------------------------------
+_THETA_GRID = 96  # samples of the ellipse per node before Newton refinement of the best local maxima
+
+
+def _ellipse(theta):
+    """Unit-radius shifts (x1, x2) of the two wrong logits on the boundary of the reachable set and their first
+    two theta-derivatives. With delta = (a, b1, b2) in the orthonormal frame of :func:`joint_l2_eval`, wrong
+    logit k moves by s (a + b_k); the pairs (x1, x2) = (a + b1, a + b2) reachable with |delta| <= 1 fill the
+    ellipse (x1 + x2)^2 / 6 + (x1 - x2)^2 / 2 <= 1 (minimise |delta| over a for given x): x1 = (sqrt3 cos + sin)
+    / sqrt2, x2 = (sqrt3 cos - sin) / sqrt2."""
+    c, s = np.cos(theta), np.sin(theta)
+    r3, r2 = math.sqrt(3.0), math.sqrt(2.0)
+    x = np.stack([(r3 * c + s) / r2, (r3 * c - s) / r2], axis=-1)
+    dx = np.stack([(-r3 * s + c) / r2, (-r3 * s - c) / r2], axis=-1)
+    return x, dx, -x
+
+
+def _ellipse_argmax(a: np.ndarray, rho: np.ndarray, tau: float) -> np.ndarray:
+    """theta maximising g = LSE(0, a1 + rho x1, a2 + rho x2) - tau (x1 + x2) rho over the ellipse, per node.
+
+    a (..., 2), rho broadcastable to a[..., 0]. g is sampled at ``_THETA_GRID`` angles; its three best local
+    maxima are refined by Newton steps kept inside their cells (a bisection-like fallback otherwise), the best
+    refined one returned. The maximum of a convex function over the ellipse lies on its boundary.
+    """
+    grid = np.linspace(0.0, 2 * math.pi, _THETA_GRID, endpoint=False)
+    x, _, _ = _ellipse(grid)                                                            # (T, 2)
+    r = rho[..., None, None]
+    z = a[..., None, :] + r * x                                                         # (..., T, 2)
+    g = np.logaddexp(0.0, np.logaddexp(z[..., 0], z[..., 1])) - tau * z.sum(-1)
+    left, right = np.roll(g, 1, axis=-1), np.roll(g, -1, axis=-1)
+    peak = (g >= left) & (g >= right)
+    score = np.where(peak, g, -np.inf)
+    top = np.argsort(-score, axis=-1)[..., :3]                                          # (..., 3)
+    theta = grid[top]
+    ok = np.take_along_axis(peak, top, axis=-1)
+    step = 2 * math.pi / _THETA_GRID
+    lo, hi = theta - step, theta + step
+    a3 = a[..., None, :]
+    r3 = rho[..., None]
+    for _ in range(30):
+        xt, dxt, d2xt = _ellipse(theta)
+        zt = a3 + r3[..., None] * xt
+        m = np.maximum(0.0, zt.max(-1, keepdims=True))
+        ez = np.exp(zt - m)
+        p = ez / (np.exp(-m) + ez.sum(-1, keepdims=True))
+        u = (p * dxt).sum(-1)
+        g1 = r3 * ((p - tau) * dxt).sum(-1)
+        g2 = r3 * ((p - tau) * d2xt).sum(-1) + r3 ** 2 * ((p * dxt * dxt).sum(-1) - u * u)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = theta - g1 / g2
+        inside = (g2 < 0) & (newton > lo) & (newton < hi) & np.isfinite(newton)
+        new = np.where(inside, newton, np.clip(theta + np.sign(g1) * 0.25 * step, lo, hi))
+        if np.all(np.abs(new - theta) <= 1e-15 * (1.0 + np.abs(theta))):
+            theta = new
+            break
+        theta = new
+    xt, _, _ = _ellipse(theta)
+    zt = a3 + r3[..., None] * xt
+    val = np.logaddexp(0.0, np.logaddexp(zt[..., 0], zt[..., 1])) - tau * zt.sum(-1)
+    val = np.where(ok, val, -np.inf)
+    return np.take_along_axis(theta, val.argmax(-1)[..., None], axis=-1)[..., 0]
+
+
+def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, eps, levels: tuple[int, int],
+                       order: int = 2, offset: bool = False):
+    """Label-smoothed robust CE under one l2 perturbation maximising that loss (joint l2), K = 3.
+
+    The loss at a perturbation depends on delta only through the shifts s (x1, x2) of the wrong logits (see
+    :func:`_ellipse`), and it is convex there, so the adversary's maximum lies on the ellipse's boundary: a
+    periodic function of one angle, maximised per node (:func:`_ellipse_argmax`: sampling then Newton). The
+    maximiser depends on xi and eta (the true logit's fixed 0 and the smoothing term break the hard-label
+    reduction), and where two local maxima tie the integrand has a kink (at eta = 0, and along curves that
+    are not located): the (xi, eta) trapezoid rule then converges algebraically, which its error estimate
+    shows (Gauss-Legendre on the eta half-line, as in :func:`joint_l2_eval`, was tried: the xi kinks dominate
+    and the larger rule only reached the node budget sooner). Derivatives as in :func:`joint_l2_eval`
+    (envelope theorem; Hessian ``G_ww - G_wt G_tw / G_tt`` through the angle), by autograd per node.
+    """
+    import torch
+
+    if k != 3:
+        raise ValueError(f"joint l2 is computed for K = 3 only; got K = {k}")
+    tau = alpha / k
+    xi, wxi, dev, weta = rule(k, *levels, offset)
+    b = w1.size
+    wn = np.outer(wxi, weta).ravel()
+    xi_n, dev_n = np.repeat(xi, weta.size), np.tile(dev, (xi.size, 1))
+    sd = np.sqrt(w1 * w1 + w2 * w2 / (k - 1))
+    margins = (((w1 + w2) * mu)[:, None, None] + sigma * (sd[:, None, None] * xi_n[None, :, None]
+                                                          + w2[:, None, None] * dev_n[None]))    # (B, N, 2)
+    rho = np.sqrt(w1 * w1 + w2 * w2) * eps
+    theta = _ellipse_argmax(-margins, np.broadcast_to(rho[:, None], margins.shape[:2]), tau)   # (B, N)
+
+    xi_t, dev_t, wn_t = torch.from_numpy(xi_n), torch.from_numpy(dev_n), torch.from_numpy(wn)
+    eps_t = torch.from_numpy(np.asarray(eps, dtype=np.float64))[:, None]
+    r2, r3 = math.sqrt(2.0), math.sqrt(3.0)
+
+    def value(w1_t, w2_t, th):  # (B, N)
+        sd_t = torch.sqrt(w1_t * w1_t + w2_t * w2_t / (k - 1) + _TINY)
+        m = ((w1_t + w2_t) * mu)[..., None] + sigma * (sd_t[..., None] * xi_t[:, None] + w2_t[..., None] * dev_t)
+        x = torch.stack([(r3 * torch.cos(th) + torch.sin(th)) / r2, (r3 * torch.cos(th) - torch.sin(th)) / r2], -1)
+        z = -m + (torch.sqrt(w1_t * w1_t + w2_t * w2_t + _TINY) * eps_t)[..., None] * x
+        zero = torch.zeros_like(z[..., :1])
+        return torch.logsumexp(torch.cat([zero, z], -1), -1) - tau * z.sum(-1)
+
+    w1_b = torch.from_numpy(np.asarray(w1, dtype=np.float64))[:, None].expand(b, wn.size)
+    w2_b = torch.from_numpy(np.asarray(w2, dtype=np.float64))[:, None].expand(b, wn.size)
+    th_b = torch.from_numpy(theta)
+    if order == 0:
+        with torch.no_grad():
+            return (value(w1_b, w2_b, th_b) @ wn_t).numpy(), None, None
+    w1_l, w2_l, th_l = (t.clone().requires_grad_(True) for t in (w1_b, w2_b, th_b))
+    g_val = value(w1_l, w2_l, th_l)
+    loss = (g_val.detach() @ wn_t).numpy()
+    first = torch.autograd.grad(g_val.sum(), (w1_l, w2_l, th_l), create_graph=order == 2)
+    grad = torch.stack([first[0] @ wn_t, first[1] @ wn_t], dim=-1).detach().numpy()
+    if order == 1:
+        return loss, grad, None
+    rows = [torch.autograd.grad(g.sum(), (w1_l, w2_l, th_l), retain_graph=True) for g in first]
+    h = torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+    g_tt = h[..., 2, 2]
+    g_tt = torch.where(g_tt < 0, g_tt, torch.full_like(g_tt, -_TINY))
+    node_h = h[..., :2, :2] - h[..., :2, 2, None] * h[..., 2, None, :2] / g_tt[..., None, None]
+    return loss, grad, torch.einsum("bnij,n->bij", node_h, wn_t).detach().numpy()

@@ -42,7 +42,11 @@ dual l1) or ``sqrt(2 (w1^2 + w2^2))`` (l2).
   sits on the sphere, parallel to the gradient, and reduces to a 1-d fixed point in q = the share of the
   first wrong class; every root is found and the best kept (exact; :func:`synthmodel._popquad.joint_l2_eval`).
   Wrong class k then rises by ``eps |w| (1 + q_k) / sqrt(1 + q_1^2 + q_2^2)``, between eps |w| sqrt(3/2)
-  (q = 1/2) and the logitwise eps |w| sqrt 2. Joint l2 with soft targets, or K = 4, raises ValueError.
+  (q = 1/2) and the logitwise eps |w| sqrt 2. With label smoothing (K = 3) the loss depends on delta only
+  through the two wrong logits' shifts s (x1, x2), which fill an ellipse; it is convex, so the adversary's
+  maximum is on the ellipse's boundary, one angle, searched per node (sampling + Newton,
+  :func:`synthmodel._popquad.joint_l2_soft_eval`); its kinks where two maxima tie make the quadrature converge
+  only algebraically (the error estimate shows it). Joint l2 for K = 4 raises ValueError.
 
 * ``pgd`` (the training attack): delta* maximises the *hard-label* CE, as PGD on the labels does in
   synthmodel.train and real_data.train, and the objective (label smoothing or distillation) is evaluated at
@@ -199,10 +203,9 @@ class Formalisation:
             if self.attack == "pgd" and self.norm != "linf":
                 raise ValueError("attack 'pgd' with loss 'kd' is computed for l_inf only; use attack 'logitwise' "
                                  "for l2")
-        if self.attack in ("joint", "pgd") and self.norm == "l2" and self.alpha != 0.0:
-            raise ValueError(f"attack {self.attack!r} with norm 'l2' is computed for hard labels only (alpha = 0): "
-                             "with soft targets the l2 inner maximum is no longer a 1-d fixed point; use attack "
-                             "'logitwise' (an upper bound)")
+        if self.attack == "pgd" and self.norm == "l2" and self.alpha != 0.0:
+            raise ValueError("attack 'pgd' with norm 'l2' is computed for hard labels only (alpha = 0), where it is "
+                             "joint l2; with label smoothing use attack 'joint' or 'logitwise'")
 
     @property
     def hard(self) -> bool:
@@ -420,8 +423,11 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
                 raise ValueError(f"K = {world.k}: beyond K = 4 only the logitwise attack (any alpha) and hard-label "
                                  "joint l_inf are computed (joint with label smoothing, joint l2 and distillation "
                                  "need the (K-1)-dim rule)")
-            elif form.attack in ("joint", "pgd") and form.norm == "l2":  # hard labels (Formalisation checks), K = 3
+            elif form.attack in ("joint", "pgd") and form.norm == "l2" and form.alpha == 0.0:  # K = 3
                 out = _pq.joint_l2_eval(world.k, world.mu, world.sigma, w1[sl], w2[sl], eps[sl], pair, order, offset)
+            elif form.attack == "joint" and form.norm == "l2":  # label smoothing, K = 3: the ellipse search
+                out = _pq.joint_l2_soft_eval(world.k, world.mu, world.sigma, form.alpha, w1[sl], w2[sl], eps[sl], pair,
+                                             order, offset)
             elif form.loss == "kd":
                 out = _pq.kd_eval(world.k, world.mu, world.sigma, form.norm, form.teacher, w1[sl], w2[sl], eps[sl],
                                   pair, order, offset, "vertex" if form.attack == "pgd" else "logitwise")
@@ -457,6 +463,14 @@ def _np_batch(*arrays) -> list[np.ndarray]:
 
 _JOINT_SPLIT = True  # joint + label smoothing: Gauss-Legendre on xi pieces between tie points (else trapezoid)
 _NODE_BUDGET = 200_000  # nodes of one rule; beyond this refinement stops and the larger error estimate is kept
+# joint l2 + label smoothing: kinks where two of the adversary's maxima tie make the rule converge only
+# algebraically (~1e-7 at 1e5 nodes), and each node runs a 1-d maximisation: stop refining earlier
+_NODE_BUDGET_KINKED = 40_000
+
+
+def _node_budget(form: Formalisation) -> int:
+    kinked = form.attack == "joint" and form.norm == "l2" and form.alpha != 0.0
+    return _NODE_BUDGET_KINKED if kinked else _NODE_BUDGET
 
 
 def _nodes(world: World, levels: tuple[int, int], form: Formalisation | None = None) -> int:
@@ -508,7 +522,7 @@ def _verified(world: World, form: Formalisation, w1, w2, eps, levels, tol: float
         if not first:  # halve the step
             finer = lv[todo] + 4
             pairs, inv = np.unique(finer, axis=0, return_inverse=True)
-            ok = np.array([f[0] <= _pq.MAX_LEVEL and _nodes(world, (int(f[0]), int(f[1])), form) <= _NODE_BUDGET
+            ok = np.array([f[0] <= _pq.MAX_LEVEL and _nodes(world, (int(f[0]), int(f[1])), form) <= _node_budget(form)
                            for f in pairs])[inv.reshape(-1)]
             todo, finer = todo[ok], finer[ok]  # budget reached elsewhere: the last (larger) estimate is kept
             if not todo.size:

@@ -153,3 +153,80 @@ def test_joint_l2_optimum_threshold_and_contract():
     with pytest.raises(ValueError, match="K = 3"):
         validate_theory_params({"preset": "all-but-one-4", "mu": 1.0, "sigma": 0.5, "eps": 0.1, "attack": "joint",
                                 "norm": "l2"})
+
+
+# -- label smoothing: the adversary on the ellipse of reachable shifts ----------------------------------------
+def test_ellipse_search_equals_a_brute_force_search_of_the_sphere():
+    # smoothed loss LSE(0, z1, z2) - tau (z1 + z2), z_k = -m_k + rho (a + b_k), over the unit sphere in (a, b1, b2)
+    rng = np.random.default_rng(4)
+    tau = 0.2 / 3
+    th, ph = np.meshgrid(np.linspace(0, np.pi, 301), np.linspace(0, 2 * np.pi, 601), indexing="ij")
+    for _ in range(30):
+        m1, m2 = rng.normal(0, 3, 2)
+        rho = rng.uniform(0.05, 8.0)
+        theta = _popquad._ellipse_argmax(np.array([[-m1, -m2]]), np.array([rho]), tau)[0]
+        z = np.array([-m1, -m2]) + rho * _popquad._ellipse(np.array(theta))[0]
+        ours = float(np.logaddexp(0.0, np.logaddexp(*z)) - tau * z.sum())
+
+        def smoothed(a, b1, b2, m1=m1, m2=m2, rho=rho):
+            z1, z2 = -m1 + rho * (a + b1), -m2 + rho * (a + b2)
+            return np.logaddexp(0.0, np.logaddexp(z1, z2)) - tau * (z1 + z2)
+        grid = smoothed(np.cos(th), np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph))
+        i = np.unravel_index(grid.argmax(), grid.shape)
+        res = minimize(lambda v: -smoothed(math.cos(v[0]), math.sin(v[0]) * math.cos(v[1]),
+                                           math.sin(v[0]) * math.sin(v[1])),
+                       [th[i], ph[i]], method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-15})
+        assert grid.max() <= ours + 1e-12
+        assert -res.fun == pytest.approx(ours, abs=1e-9)
+
+
+def test_ellipse_search_at_alpha_zero_equals_the_fixed_point_solution():
+    # two independent solutions of the hard-label inner problem: the 1-d fixed point in q (every root) and the
+    # angle search on the ellipse at tau = 0; rho up to 8 (three roots above 2.45)
+    rng = np.random.default_rng(6)
+    m = rng.normal(0, 3, (200, 2))
+    rho = rng.uniform(0.05, 8.0, 200)
+    theta = _popquad._ellipse_argmax(-m, rho, 0.0)
+    z = -m + rho[:, None] * _popquad._ellipse(theta)[0]
+    ellipse = np.logaddexp(0.0, np.logaddexp(z[:, 0], z[:, 1]))
+    fixed = np.array([_exact_inner(m1, m2, r) for (m1, m2), r in zip(m, rho, strict=True)])
+    np.testing.assert_allclose(ellipse, fixed, rtol=0, atol=1e-12)
+
+
+def test_joint_l2_label_smoothing_matches_monte_carlo_and_the_logitwise_bound():
+    # the joint adversary maximises the smoothed loss itself: PGD-l2 on that loss (100 steps of eps/10, from a
+    # random start) per sample, 1e5 samples in 20 batches, 5 standard errors; and the joint loss is below the
+    # logitwise one (a maximum of a sum is at most the sum of the maxima)
+    from synthmodel.losses import robust_objective
+    world = make_preset("paper3")
+    x, y = sample(world, 100_000, 19, dtype="float64")
+    w1, w2, eps, alpha = 2.0, 1.2, 0.35, 0.2
+    model = TiedLinear(world, w1, w2, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    smoothed = lambda logits, labels: robust_objective(logits, labels, alpha=alpha, reduction="sum")  # noqa: E731
+    means = []
+    for xb, yb in zip(x.chunk(20), y.chunk(20), strict=True):
+        x_adv = atk.pgd(model, xb, yb, eps=eps, norm="l2", steps=100, step_size=eps / 10, generator=gen, mode=None,
+                        loss_fn=smoothed)
+        with torch.no_grad():
+            means.append(float(robust_objective(model(x_adv), yb, alpha=alpha)))
+    means = np.array(means)
+    se = means.std(ddof=1) / math.sqrt(means.size)
+    form = Formalisation(attack="joint", norm="l2", alpha=alpha)
+    pop = robust_loss(PAPER3, form, w1, w2, eps)
+    assert pop.error[0] < 1e-5  # algebraic convergence at the kinks in xi (see joint_l2_soft_eval)
+    assert abs(means.mean() - pop.value[0]) < 5 * se
+    logit = robust_loss(PAPER3, Formalisation(norm="l2", alpha=alpha), w1, w2, eps).value[0]
+    assert pop.value[0] < logit
+
+
+def test_joint_l2_label_smoothing_derivatives_match_finite_differences():
+    form = Formalisation(attack="joint", norm="l2", alpha=0.2)
+    for w1, w2, eps in ((1.7, 0.9, 0.3), (1.2, -0.5, 0.2)):
+        _, grad, hess = loss_derivatives(PAPER3, form, w1, w2, eps, level=(4, 4))
+        h = 1e-5
+        for j, (da, db) in enumerate(((h, 0.0), (0.0, h))):
+            plus = loss_derivatives(PAPER3, form, w1 + da, w2 + db, eps, level=(4, 4))
+            minus = loss_derivatives(PAPER3, form, w1 - da, w2 - db, eps, level=(4, 4))
+            assert (plus[0][0] - minus[0][0]) / (2 * h) == pytest.approx(grad[0, j], abs=1e-8)
+            np.testing.assert_allclose((plus[1][0] - minus[1][0]) / (2 * h), hess[0, j], atol=1e-5)
