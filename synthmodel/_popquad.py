@@ -645,26 +645,34 @@ def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[in
         scores = torch.stack([log_s(w1_b, w2_b, cand[..., r]) for r in range(cand.shape[-1])], dim=-1)
         scores = torch.where(torch.from_numpy(np.isnan(roots)), -torch.inf, scores)
         t_star = torch.gather(cand, -1, scores.argmax(-1, keepdim=True))[..., 0]
-    weta_t = torch.from_numpy(weta)
+    return _envelope_eval(node_value, w1_b, w2_b, t_star, torch.from_numpy(weta), order)
+
+
+def _envelope_eval(value, w1_b, w2_b, t_star, weights, order: int):
+    """Loss, gradient, Hessian of ``sum_n weights_n max_t value(w, t)_n`` from the maximisers t_star (B, N).
+
+    ``value(w1, w2, t)`` maps per-node tensors (B, N) to (B, N). At the maximiser the value is stationary in t,
+    so the gradient is the partial one (envelope theorem) and the Hessian gets the implicit-function term
+    ``-G_wt G_tw / G_tt``; all by autograd per node (each node depends only on its own leaves).
+    """
+    import torch
+
     if order == 0:
         with torch.no_grad():
-            return (node_value(w1_b, w2_b, t_star) @ weta_t).numpy(), None, None
-    w1_l = w1_b.clone().requires_grad_(True)
-    w2_l = w2_b.clone().requires_grad_(True)
-    t_l = t_star.clone().requires_grad_(True)
-    g_val = node_value(w1_l, w2_l, t_l)
-    loss = (g_val.detach() @ weta_t).numpy()
+            return (value(w1_b, w2_b, t_star) @ weights).numpy(), None, None
+    w1_l, w2_l, t_l = (t.clone().requires_grad_(True) for t in (w1_b, w2_b, t_star))
+    g_val = value(w1_l, w2_l, t_l)
+    loss = (g_val.detach() @ weights).numpy()
     first = torch.autograd.grad(g_val.sum(), (w1_l, w2_l, t_l), create_graph=order == 2)
-    grad = torch.stack([first[0] @ weta_t, first[1] @ weta_t], dim=-1).detach().numpy()
+    grad = torch.stack([first[0] @ weights, first[1] @ weights], dim=-1).detach().numpy()
     if order == 1:
         return loss, grad, None
     rows = [torch.autograd.grad(g.sum(), (w1_l, w2_l, t_l), retain_graph=True) for g in first]
-    h = torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)                         # (B, J, 3, 3)
+    h = torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)                         # (B, N, 3, 3)
     g_tt = h[..., 2, 2]
     g_tt = torch.where(g_tt < 0, g_tt, torch.full_like(g_tt, -_TINY))
     node_h = h[..., :2, :2] - h[..., :2, 2, None] * h[..., 2, None, :2] / g_tt[..., None, None]
-    hess = torch.einsum("bjac,j->bac", node_h, weta_t).detach().numpy()
-    return loss, grad, hess
+    return loss, grad, torch.einsum("bnac,n->bac", node_h, weights).detach().numpy()
 
 
 # -- hard labels for any K: a one-dimensional representation (Frullani) ---------------------------------------
@@ -865,20 +873,4 @@ def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, ep
 
     w1_b = torch.from_numpy(np.asarray(w1, dtype=np.float64))[:, None].expand(b, wn.size)
     w2_b = torch.from_numpy(np.asarray(w2, dtype=np.float64))[:, None].expand(b, wn.size)
-    th_b = torch.from_numpy(theta)
-    if order == 0:
-        with torch.no_grad():
-            return (value(w1_b, w2_b, th_b) @ wn_t).numpy(), None, None
-    w1_l, w2_l, th_l = (t.clone().requires_grad_(True) for t in (w1_b, w2_b, th_b))
-    g_val = value(w1_l, w2_l, th_l)
-    loss = (g_val.detach() @ wn_t).numpy()
-    first = torch.autograd.grad(g_val.sum(), (w1_l, w2_l, th_l), create_graph=order == 2)
-    grad = torch.stack([first[0] @ wn_t, first[1] @ wn_t], dim=-1).detach().numpy()
-    if order == 1:
-        return loss, grad, None
-    rows = [torch.autograd.grad(g.sum(), (w1_l, w2_l, th_l), retain_graph=True) for g in first]
-    h = torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
-    g_tt = h[..., 2, 2]
-    g_tt = torch.where(g_tt < 0, g_tt, torch.full_like(g_tt, -_TINY))
-    node_h = h[..., :2, :2] - h[..., :2, 2, None] * h[..., 2, None, :2] / g_tt[..., None, None]
-    return loss, grad, torch.einsum("bnij,n->bij", node_h, wn_t).detach().numpy()
+    return _envelope_eval(value, w1_b, w2_b, torch.from_numpy(theta), wn_t, order)
