@@ -121,8 +121,11 @@ def claim2_numeric(k: int, norm: str, w1v: float, w2v: float, epsv: float, muv: 
                    ) -> tuple[float, float]:
     """(P, dP/dw2) of :func:`claim2_probability` at a point, by a 1-d trapezoid in e (w2 > 0).
 
+    The CDF's argument has slope w1 / w2 in e, so the integrand is a step of width ~ w2 / w1: the step is
+    h = min(0.01, 0.05 w2 / |w1|), 20 points per width (w2/w1 = 1e-3: h = 5e-5, 4e5 points).
     The sympy expressions are lambdified once per (K, norm), with the parameters as arguments.
     """
     p, dp = _claim2_functions(k, norm)
     values = (w1v, w2v, epsv, muv, sigmav)
-    return _trapezoid_e(lambda e: p(e, *values), h=0.01), _trapezoid_e(lambda e: dp(e, *values), h=0.01)
+    h = min(0.01, 0.05 * abs(w2v) / max(abs(w1v), 1e-300))
+    return _trapezoid_e(lambda e: p(e, *values), h=h), _trapezoid_e(lambda e: dp(e, *values), h=h)

@@ -33,8 +33,9 @@ def test_first_order_condition_sympy_equals_quadrature(w1, eps, alpha):
 
 
 @settings(max_examples=3, deadline=None)
-@given(w2=st.floats(0.05, 1.0), eps=st.floats(0.01, 0.49), norm=st.sampled_from(["linf", "l2"]))
+@given(w2=st.floats(0.001, 1.0), eps=st.floats(0.01, 0.49), norm=st.sampled_from(["linf", "l2"]))
 def test_claim2_cdf_expression_equals_engine(w2, eps, norm):
+    # the grid's first column (w2/w1 = 1e-3) included: the e-step follows the integrand's width ~ w2 / w1
     p, dp = claim2_numeric(3, norm, 1.0, w2, eps, 1.0, 0.5)
     assert p == pytest.approx(robust_accuracy(PAPER3, 1.0, w2, eps, norm).value[0], abs=1e-8)
     h = 1e-5
