@@ -589,8 +589,14 @@ def _half_line_gl(level: int, offset: bool, width: float = 2.0) -> tuple[np.ndar
 
 
 def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[int, int], order: int = 2,
-                  offset: bool = False):
+                  offset: bool = False, alpha: float = 0.0):
     """Hard-label robust CE under one l2 perturbation for all logits (joint l2), K = 3: loss, grad, Hessian.
+
+    ``alpha`` > 0: the label-smoothed CE at the same hard-label maximiser delta* (the attack 'pgd': what AT
+    with label smoothing trains on), i.e. the value below plus ``(alpha/K) E sum_k (M_k - shift_k)`` with
+    shift_k = rho f_k(q*), f_1 + f_2 = 3 / n(q*): ``(alpha/K) (2 (w1 + w2) mu - 3 rho E_eta[1 / n(q*)])``.
+    q* is not optimal for that term, so its derivatives go through q*(w) itself: two Newton steps of the
+    fixed-point equation from the root, traced by autograd, give its first and second derivatives exactly.
 
     For class y the change of ``z_k - z_y`` is ``(u + v_k) . delta`` with u = -w1 e_Ey + w2 e_Cy (moves every
     wrong logit) and v_k = w1 e_Ek - w2 e_Ck (moves logit k only); u and the v_k are orthogonal with the same
@@ -650,7 +656,43 @@ def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[in
         scores = torch.stack([log_s(w1_b, w2_b, cand[..., r]) for r in range(cand.shape[-1])], dim=-1)
         scores = torch.where(torch.from_numpy(np.isnan(roots)), -torch.inf, scores)
         t_star = torch.gather(cand, -1, scores.argmax(-1, keepdim=True))[..., 0]
-    return _envelope_eval(node_value, w1_b, w2_b, t_star, torch.from_numpy(weta), order)
+    out = _envelope_eval(node_value, w1_b, w2_b, t_star, torch.from_numpy(weta), order)
+    if not alpha:
+        return out
+    extra = _pgd_l2_smoothing_term(k, mu, sigma, alpha, w1, w2, eps, dev, weta, t_star, order)
+    return tuple(None if a is None else a + e for a, e in zip(out, extra, strict=True))
+
+
+def _pgd_l2_smoothing_term(k, mu, sigma, alpha, w1, w2, eps, dev, weta, t_star, order):
+    """``(alpha/K) (2 (w1 + w2) mu - 3 rho E_eta[1 / n(q*)])`` and its derivatives (see :func:`joint_l2_eval`)."""
+    import torch
+
+    w = torch.tensor(np.stack([w1, w2], axis=1), dtype=torch.float64, requires_grad=order >= 1)
+    eps_t = torch.from_numpy(np.asarray(eps, dtype=np.float64))
+    gap = torch.from_numpy(sigma * (dev[:, 1] - dev[:, 0]))                                   # (J,)
+    with torch.enable_grad() if order >= 1 else torch.no_grad():
+        rho = (torch.sqrt((w * w).sum(-1) + _TINY) * eps_t)[:, None]                           # (B, 1)
+        d = w[:, 1, None] * gap                                                               # (B, J)
+
+        def newton(t):
+            q = torch.sigmoid(t)
+            n2 = 2.0 - 2.0 * q + 2.0 * q * q
+            n = torch.sqrt(n2)
+            g = t - d - rho * (2.0 * q - 1.0) / n
+            dg = 1.0 - rho * 3.0 / (n2 * n) * q * (1.0 - q)
+            return t - g / dg
+
+        q = torch.sigmoid(newton(newton(t_star)))
+        inv_n = 1.0 / torch.sqrt(2.0 - 2.0 * q + 2.0 * q * q)
+        term = (alpha / k) * (2.0 * w.sum(-1) * mu - 3.0 * rho[:, 0] * (inv_n @ torch.from_numpy(weta)))
+        loss = term.detach().numpy()
+        if order == 0:
+            return loss, None, None
+        (grad,) = torch.autograd.grad(term.sum(), w, create_graph=order == 2)
+        if order == 1:
+            return loss, grad.detach().numpy(), None
+        rows = [torch.autograd.grad(grad[:, i].sum(), w, retain_graph=True)[0] for i in range(2)]
+        return loss, grad.detach().numpy(), torch.stack(rows, dim=1).detach().numpy()
 
 
 def _envelope_eval(value, w1_b, w2_b, t_star, weights, order: int):

@@ -58,9 +58,11 @@ dual l1) or ``sqrt(2 (w1^2 + w2^2))`` (l2).
   - distillation: the teacher sees x + delta* too, its wrong logits rise by ``2 eps (a1 sign w1 + a2 sign
     w2)``; the targets depend on w only through its signs (the loss jumps where sign(w2) flips).
 
+  For l2 (K = 3) delta* is the joint l2 maximiser below; with label smoothing the loss adds
+  ``(alpha/K) (2 (w1 + w2) mu - 3 eps |w| E[1 / n(q*)])`` (:func:`synthmodel._popquad.joint_l2_eval`).
   Not computed: ``joint`` + ``kd`` (an adversary maximising the distillation loss itself: its target moves
   with delta, the soft CE is not convex in delta, and the maximum over the box need not sit at a vertex), and
-  pgd with soft targets for l2. proofs_check/README.md ("Distillation") has the details and the Claim-3 check.
+  pgd + distillation for l2. proofs_check/README.md ("Distillation") has the details and the Claim-3 check.
 
 **Distillation** (``Formalisation(loss='kd', teacher_w1=a1, teacher_w2=a2, temperature=T)``; logitwise
 here, pgd above): targets ``t = softmax(teacher_logits / T)`` of the tied teacher (a1, a2) on the *clean*
@@ -203,9 +205,6 @@ class Formalisation:
             if self.attack == "pgd" and self.norm != "linf":
                 raise ValueError("attack 'pgd' with loss 'kd' is computed for l_inf only; use attack 'logitwise' "
                                  "for l2")
-        if self.attack == "pgd" and self.norm == "l2" and self.alpha != 0.0:
-            raise ValueError("attack 'pgd' with norm 'l2' is computed for hard labels only (alpha = 0), where it is "
-                             "joint l2; with label smoothing use attack 'joint' or 'logitwise'")
 
     @property
     def hard(self) -> bool:
@@ -391,7 +390,7 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
     that share a pair are evaluated together (chunks of about ``max_work`` node-elements), so every eps
     pays only for the rule its own weights need.
     """
-    if form.attack == "pgd" and form.loss == "ce" and form.alpha:
+    if form.attack == "pgd" and form.loss == "ce" and form.alpha and form.norm == "linf":
         # the hard-label attack's delta* (all wrong logits up by R = eps r(w), exact for l_inf), label-smoothed CE
         # there: E[LSE(z + R) - sum_c t_c (z + R)_c] = L_hard + (alpha (K-1) / K) ((w1 + w2) mu - R)
         hard = Formalisation(attack="logitwise", norm=form.norm, weights=form.weights, weight_decay=form.weight_decay)
@@ -423,8 +422,10 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
                 raise ValueError(f"K = {world.k}: beyond K = 4 only the logitwise attack (any alpha) and hard-label "
                                  "joint l_inf are computed (joint with label smoothing, joint l2 and distillation "
                                  "need the (K-1)-dim rule)")
-            elif form.attack in ("joint", "pgd") and form.norm == "l2" and form.alpha == 0.0:  # K = 3
-                out = _pq.joint_l2_eval(world.k, world.mu, world.sigma, w1[sl], w2[sl], eps[sl], pair, order, offset)
+            elif form.attack in ("joint", "pgd") and form.norm == "l2" and (form.alpha == 0.0 or form.attack == "pgd"):
+                # K = 3; pgd + label smoothing: the smoothed loss at the hard-label maximiser
+                out = _pq.joint_l2_eval(world.k, world.mu, world.sigma, w1[sl], w2[sl], eps[sl], pair, order, offset,
+                                        form.alpha)
             elif form.attack == "joint" and form.norm == "l2":  # label smoothing, K = 3: the ellipse search
                 out = _pq.joint_l2_soft_eval(world.k, world.mu, world.sigma, form.alpha, w1[sl], w2[sl], eps[sl], pair,
                                              order, offset)

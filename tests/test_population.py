@@ -105,8 +105,8 @@ def test_joint_equals_logitwise_for_hard_labels_and_bounds_it_otherwise():
     joint = robust_loss(PAPER3, Formalisation(attack="joint"), w1, w2, eps).value
     logit = robust_loss(PAPER3, Formalisation(attack="logitwise"), w1, w2, eps).value
     np.testing.assert_allclose(joint, logit, rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="l2"):
-        Formalisation(attack="pgd", norm="l2", alpha=0.1)
+    with pytest.raises(ValueError, match="l_inf"):
+        Formalisation(attack="pgd", norm="l2", loss="kd")
     with pytest.raises(ValueError, match="K = 3"):
         robust_loss(world_from("all-but-one-4"), Formalisation(attack="joint", norm="l2"), 1.0, 0.5, 0.1)
 
@@ -250,7 +250,7 @@ def test_theory_point_contract():
     assert set(THEORY_PARAMS) >= {"preset", "mu", "sigma", "eps", "alpha", "attack", "norm", "weights"}
     for bad, key in (({"colour": 1}, "colour"), ({"sigma": -1.0}, "sigma"), ({"attack": "fgsm"}, "attack"),
                      ({"alpha": 1.0}, "alpha"), ({"preset": "ring-3"}, "preset"),
-                     ({"norm": "l2", "attack": "pgd", "alpha": 0.1}, "l2")):
+                     ({"norm": "l2", "attack": "pgd", "loss": "kd"}, "l_inf")):
         params = {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.1, **bad}
         with pytest.raises(ValueError, match=key):
             theory_point(params)
