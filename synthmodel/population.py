@@ -408,13 +408,13 @@ def _evaluate(world: World, form: Formalisation, w1: np.ndarray, w2: np.ndarray,
     grad = np.empty((b, 2)) if order >= 1 else None
     hess = np.empty((b, 2, 2)) if order >= 2 else None
     pairs, inverse = np.unique(lv, axis=0, return_inverse=True)
+    one_d = form.loss == "ce" and (form.attack == "logitwise" or (form.hard and form.norm == "linf"))  # K > 4
     for g, pair in enumerate(pairs):
         members = np.flatnonzero(inverse.reshape(-1) == g)
         pair = (int(pair[0]), int(pair[1]))
         chunk = max(8, max_work // _nodes(world, pair, form))
         for lo in range(0, members.size, chunk):
             sl = members[lo:lo + chunk]
-            one_d = form.loss == "ce" and (form.attack == "logitwise" or (form.hard and form.norm == "linf"))
             if world.k > 4 and one_d:
                 out = _pq.frullani_eval(world.k, world.mu, world.sigma, form.norm, w1[sl], w2[sl], eps[sl], pair,
                                         order, offset, form.alpha)
@@ -476,7 +476,7 @@ def _node_budget(form: Formalisation) -> int:
 
 def _nodes(world: World, levels: tuple[int, int], form: Formalisation | None = None) -> int:
     if world.k > 4:  # the 1-d representation: (E and C lines) x ~100 v nodes (frullani_eval)
-        return 100 * sum(_pq.h_of(lv + 4) and int(16 / _pq.h_of(lv + 4)) for lv in levels)
+        return 100 * sum(int(16 / _pq.h_of(lv + 4)) for lv in levels)
     xi, _, dev, _ = _pq.rule(world.k, *levels)
     # distillation integrates over (e, v) instead of xi alone: one more line of the xi level
     return xi.size * dev.shape[0] * (xi.size if form is not None and form.loss == "kd" else 1)
