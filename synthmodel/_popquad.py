@@ -100,6 +100,18 @@ def level_array(k: int, sigma: float, w1: np.ndarray, w2: np.ndarray) -> np.ndar
     return np.stack([_level_of_scale(s_xi), _level_of_scale(s_eta)], axis=1)
 
 
+def _deviation_basis(k: int) -> np.ndarray:
+    """Q (K-1, K-2): orthonormal columns orthogonal to ones; the wrong logits' deviations are d = Q eta."""
+    q, _ = np.linalg.qr(np.concatenate([np.ones((k - 1, 1)), np.eye(k - 1)], axis=1))
+    return q[:, 1:k - 1]
+
+
+def _eta_half_line(level: int, offset: bool, width: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """K = 3: deviations d (J, 2) and weights (J,) on the eta half-line by Gauss-Legendre (:func:`_half_line_gl`)."""
+    eta, weta = _half_line_gl(level, offset, width)
+    return eta[:, None] * _deviation_basis(3)[:, 0][None], weta
+
+
 @lru_cache(maxsize=64)
 def _line(level: int, half: bool, offset: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Trapezoid nodes ``h Z`` (or the shifted ones ``h (Z + 1/2)``) on |t| <= ~8 with weights h phi(t)."""
@@ -129,8 +141,7 @@ def rule(k: int, level_xi: int, level_eta: int, offset: bool = False
         raise ValueError(f"quadrature level {max(level_xi, level_eta)} beyond {MAX_LEVEL}: weights too large")
     xi, wxi = _line(level_xi, False, offset)
     dims = k - 2
-    q, _ = np.linalg.qr(np.concatenate([np.ones((k - 1, 1)), np.eye(k - 1)], axis=1))
-    basis = q[:, 1:k - 1]  # (K-1, K-2), orthonormal, orthogonal to ones
+    basis = _deviation_basis(k)
     if dims == 1:
         eta, weta = _line(level_eta, True, offset)
         nodes = eta[:, None]
@@ -472,8 +483,7 @@ def joint_split_eval(k: int, mu: float, sigma: float, norm: str, alpha: float, w
     if k == 3:  # even in eta with a kink at eta = 0 (the wrong classes swap): Gauss-Legendre on the half-line
         # (panels of 4 h: on a 12-eps optimal-weight curve w_error 1.7e-4 instead of 8.4e-4 with the trapezoid,
         # 1.6x the time; panels of 2 h gave 2.7e-5 at 3x)
-        eta, weta = _half_line_gl(levels[1], offset, 4.0)
-        dev_1 = eta[:, None] * np.linalg.qr(np.concatenate([np.ones((2, 1)), np.eye(2)], axis=1))[0][:, 1][None]
+        dev_1, weta = _eta_half_line(levels[1], offset, 4.0)
     b = w1.size
     sd, dsd, d2sd, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
     xi3, w3 = _joint_xi_nodes(k, mu, sigma, alpha, w1, w2, sd, radius, dev_1, levels[0], offset)
@@ -624,9 +634,7 @@ def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[in
     if k != 3:
         raise ValueError(f"joint l2 is computed for K = 3 only (one fixed point in one variable); got K = {k}")
     xi, wxi = _line(levels[0], False, offset)
-    eta, weta = _half_line_gl(levels[1], offset)
-    q_basis, _ = np.linalg.qr(np.concatenate([np.ones((k - 1, 1)), np.eye(k - 1)], axis=1))
-    dev = eta[:, None] * q_basis[:, 1][None]                                               # (J, 2)
+    dev, weta = _eta_half_line(levels[1], offset)                                          # (J, 2), (J,)
     b = w1.size
     rho = np.sqrt(w1 * w1 + w2 * w2) * eps
     d_gap = sigma * w2[:, None] * (dev[None, :, 1] - dev[None, :, 0])                      # (B, J): M_2 - M_1
@@ -649,8 +657,8 @@ def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[in
         mean_margin = (w1_t + w2_t)[..., None] * mu + sigma * sd_t[..., None] * xi_t             # (B, J, I)
         return torch.nn.functional.softplus(log_s(w1_t, w2_t, t)[..., None] - mean_margin) @ wxi_t
 
-    w1_b = torch.from_numpy(np.asarray(w1, dtype=np.float64))[:, None].expand(b, eta.size)
-    w2_b = torch.from_numpy(np.asarray(w2, dtype=np.float64))[:, None].expand(b, eta.size)
+    w1_b = torch.from_numpy(np.asarray(w1, dtype=np.float64))[:, None].expand(b, weta.size)
+    w2_b = torch.from_numpy(np.asarray(w2, dtype=np.float64))[:, None].expand(b, weta.size)
     with torch.no_grad():  # the best root of each eta node (the same for every xi)
         cand = torch.from_numpy(np.nan_to_num(roots, nan=0.0))
         scores = torch.stack([log_s(w1_b, w2_b, cand[..., r]) for r in range(cand.shape[-1])], dim=-1)
