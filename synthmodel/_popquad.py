@@ -241,6 +241,26 @@ def joint_patterns(k: int) -> np.ndarray:
     return np.array(sorted(rows), dtype=np.float64)
 
 
+def _add_soft_ce_derivatives(grad_n, hess_n, mask, p, target, s, jz, d_radius, d2_radius, sigma_xi=None, d2sd=None):
+    """Add ``mask`` times the per-node gradient and Hessian in w of ``LSE(y) - target . y``, y = z + R s.
+
+    p = softmax(y), jz (B, N, K, 2) the Jacobian of z, R's derivatives d_radius (B, 2), d2_radius (B, 2, 2).
+    ``sigma_xi`` (broadcastable to (B, N)) and ``d2sd`` (B, 2, 2): where z depends on w through sd(w) (the
+    (xi, eta) engines), its curvature term; None where z is linear in w. ``hess_n`` None: gradient only.
+    """
+    jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
+    g = p - target
+    grad_n += mask[..., None] * np.einsum("bnk,bnka->bna", g, jy)
+    if hess_n is None:
+        return
+    pj = np.einsum("bnk,bnka->bna", p, jy)
+    h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
+    if sigma_xi is not None:
+        h += (-(g[..., 1:].sum(-1)) * sigma_xi)[..., None, None] * d2sd[:, None]
+    h += (g @ s)[..., None, None] * d2_radius[:, None]
+    hess_n += mask[..., None, None] * h
+
+
 def soft_eval(k: int, mu: float, sigma: float, norm: str, attack: str, alpha: float, w1, w2, eps,
               levels: tuple[int, int], order: int = 2, offset: bool = False):
     """Robust CE with label-smoothed targets, logitwise (sum over targets) or joint (max over sign patterns).
@@ -295,16 +315,8 @@ def soft_eval(k: int, mu: float, sigma: float, norm: str, attack: str, alpha: fl
             mask = (pick == t_idx).astype(np.float64)
             if not mask.any():
                 continue
-        p = cache[t_idx]
-        jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
-        g = p - target
-        grad_n += mask[..., None] * np.einsum("bnk,bnka->bna", g, jy)
-        if order == 2:
-            pj = np.einsum("bnk,bnka->bna", p, jy)
-            h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
-            h += (-(g[..., 1:].sum(-1)) * sigma * xi[None])[..., None, None] * d2sd[:, None]
-            h += (g @ s)[..., None, None] * d2_radius[:, None]
-            hess_n += mask[..., None, None] * h
+        _add_soft_ce_derivatives(grad_n, hess_n, mask, cache[t_idx], target, s, jz, d_radius, d2_radius,
+                                 sigma * xi[None], d2sd)
     grad = np.einsum("bna,n->ba", grad_n, wn)
     hess = np.einsum("bnac,n->bac", hess_n, wn) if order == 2 else None
     return loss, grad, hess
@@ -399,21 +411,12 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
         tot = ey.sum(-1, keepdims=True)
         if attack == "vertex":  # soft CE sum_c t_c (LSE(y) - y_c), the t_c summing to 1
             node_loss += np.log(tot[..., 0]) + ymax[..., 0] - (weight * y).sum(-1)
-            g = ey / tot - weight
-            weight = np.ones((1, 1))
+            mask, target = np.ones((1, 1)), weight
         else:
             node_loss += weight * (np.log(tot[..., 0]) + ymax[..., 0] - y[..., cls])
-            g = ey / tot - eye[cls]
-        if order == 0:
-            continue
-        p = ey / tot
-        jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
-        grad_n += weight[..., None] * np.einsum("bnk,bnka->bna", g, jy)
-        if order == 2:
-            pj = np.einsum("bnk,bnka->bna", p, jy)
-            h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
-            h += (g @ s)[..., None, None] * d2_radius[:, None]
-            hess_n += weight[..., None, None] * h
+            mask, target = weight, eye[cls]
+        if order:  # z is linear in w here: no sd curvature term
+            _add_soft_ce_derivatives(grad_n, hess_n, mask, ey / tot, target, s, jz, d_radius, d2_radius)
     loss = node_loss @ wn
     grad = np.einsum("bna,n->ba", grad_n, wn) if order >= 1 else None
     hess = np.einsum("bnac,n->bac", hess_n, wn) if order == 2 else None
@@ -520,17 +523,8 @@ def joint_split_eval(k: int, mu: float, sigma: float, norm: str, alpha: float, w
         mask = (pick == t_idx).astype(np.float64)
         if not mask.any():
             continue
-        s = 0.5 * pat
-        p = cache[t_idx]
-        jy = jz + s[None, None, :, None] * d_radius[:, None, None, :]
-        g = p - tau
-        grad_n += mask[..., None] * np.einsum("bnk,bnka->bna", g, jy)
-        if order == 2:
-            pj = np.einsum("bnk,bnka->bna", p, jy)
-            h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
-            h += (-(g[..., 1:].sum(-1)) * sigma * xi)[..., None, None] * d2sd[:, None]
-            h += (g @ s)[..., None, None] * d2_radius[:, None]
-            hess_n += mask[..., None, None] * h
+        _add_soft_ce_derivatives(grad_n, hess_n, mask, cache[t_idx], tau, 0.5 * pat, jz, d_radius, d2_radius,
+                                 sigma * xi, d2sd)
     grad = np.einsum("bna,bn->ba", grad_n, wn)
     hess = np.einsum("bnac,bn->bac", hess_n, wn) if order == 2 else None
     return loss, grad, hess
