@@ -47,6 +47,7 @@ from .runtime import (
     model_from_checkpoint,
     precision_dtype,
     resolve_device,
+    save_figure_atomic,
     use_channels_last,
 )
 
@@ -89,10 +90,7 @@ def plot_heatmaps(matrices: list[np.ndarray], titles: list[str], path: Path) -> 
         ax.set_xlabel("class j")
         ax.set_ylabel("class i")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="C[i, j]")
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=110)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ import torch
 from .data import ImageData
 from .models import ImageClassifier, build_arch, load_weights
 
-__all__ = ["resolve_device", "autocast", "precision_dtype", "use_channels_last", "save_atomic",
+__all__ = ["resolve_device", "autocast", "precision_dtype", "use_channels_last", "save_atomic", "save_figure_atomic",
            "read_checkpoint", "model_from_checkpoint", "CHECKPOINT_FORMAT", "PRECISIONS", "MEMORY_FORMATS"]
 
 CHECKPOINT_FORMAT = "real_data-checkpoint-1"
@@ -74,6 +74,17 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_figure_atomic(fig: Any, path: str | Path, dpi: int) -> None:
+    """Save a matplotlib figure as PNG to a temporary file, then rename (as :func:`save_atomic`); close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
     os.replace(tmp, path)
 
 

@@ -13,7 +13,6 @@ The paper's reading: the best checkpoint looks at whole objects, the overfitted 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from synthmodel.cli import ArgumentParser
 
 from .data import ImageData, load_dataset, to_float
 from .models import ARCHS, ImageClassifier
-from .runtime import model_from_checkpoint, resolve_device
+from .runtime import model_from_checkpoint, resolve_device, save_figure_atomic
 
 __all__ = ["grad_cam", "saliency_grid", "build_parser", "main"]
 
@@ -82,10 +81,7 @@ def saliency_grid(models: list[ImageClassifier], names: list[str], data: ImageDa
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=120)
 
 
 def build_parser() -> argparse.ArgumentParser:
