@@ -5,7 +5,7 @@ Measured on one NVIDIA H200 (torch 2.11.0+cu130, 2026-11-27, via `bash benchmark
     defaults (n=50000, batch 128, bf16, channels_last, CUDA-graph attacks): 12.78 s, 3912 img/s,
     9.89x the compute floor; baseline 874 img/s (n=5000) in the same run: 4.48x.
     --no-cuda-graphs (n=20000): 1515 img/s (25.6x the floor). --batch-size 512: 5150 img/s (7.5x).
-    --compile (n=5000): 123 img/s, recompilations included (see real_data/README.md).
+    --compile (n=5000, one shared compile cache then): 123 img/s, compilations included (real_data/README.md).
 
     CPU, 2 cores shared with other jobs, torch 2.13.0 CPU, fp32, n=32, batch 16, one run:
     `OMP_NUM_THREADS=2 python benchmarks/real_data_epoch.py --device cpu --n 32 --batch-size 16`
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from real_data.data import CIFAR10_MEAN, CIFAR10_STD, ImageData  # noqa: E402
 from real_data.models import build_arch  # noqa: E402
-from real_data.runtime import resolve_device  # noqa: E402
+from real_data.runtime import model_forwards, resolve_device  # noqa: E402
 from real_data.train import TrainConfig, Trainer  # noqa: E402
 
 
@@ -161,14 +161,16 @@ def main() -> int:
                          compile=args.compile and not args.compile_mode, cuda_graphs=args.cuda_graphs)
     trainer = Trainer(config, data, device)
     if args.compile_mode:
-        trainer.forward = torch.compile(trainer.model, mode=args.compile_mode)
+        trainer.forwards = model_forwards(trainer.model, mode=args.compile_mode)
     flops_image = forward_flops(build_arch("preact-resnet18", n_classes=10, in_channels=3, mean=CIFAR10_MEAN,
                                            std=CIFAR10_STD), (3, 32, 32))
     epoch_flops = n * flops_image * (2 * args.steps + 3)
     warmup = (4 if cuda else 0) if args.warmup_batches is None else args.warmup_batches
-    if warmup:  # cudnn autotuning, compilation: train the same trainer on a few batches first
+    if warmup:  # cudnn autotuning, compilation: train the same trainer on a few batches first, ending in a
+        # batch as short as the epoch's last one, so that its shape is compiled / autotuned before timing too
         full = trainer.data
-        trainer.data = replace(full, x_train=full.x_train[:warmup * batch], y_train=full.y_train[:warmup * batch])
+        seen = warmup * batch + n % batch
+        trainer.data = replace(full, x_train=full.x_train[:seen], y_train=full.y_train[:seen])
         trainer.fit_epoch()
         trainer.data = full
     _sync(device)

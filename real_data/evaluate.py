@@ -21,7 +21,7 @@ from synthmodel.attribution import Attribution, AttributionAccumulator, head_wei
 
 from .data import to_float
 from .models import ImageClassifier
-from .runtime import autocast
+from .runtime import Forwards, autocast, model_forwards
 
 __all__ = ["ThreatModel", "Evaluation", "evaluate"]
 
@@ -58,7 +58,7 @@ class Evaluation:
 def evaluate(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, *,
              generator: torch.Generator | None, batch_size: int = 512, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False, with_attribution: bool = False, progress: bool = False,
-             forward: torch.nn.Module | None = None, desc: str = "eval", pgd_fn: Callable = pgd) -> Evaluation:
+             forwards: Forwards | None = None, desc: str = "eval", pgd_fn: Callable = pgd) -> Evaluation:
     """Evaluate ``model`` on uint8 images (N, H, W, C) with labels (N,), both on the model's device.
 
     Args:
@@ -71,12 +71,13 @@ def evaluate(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor,
         channels_last: feed channels_last tensors (as the model's weights are laid out).
         with_attribution: also accumulate C and CAS on the adversarial inputs.
         progress: tqdm bar on stderr.
-        forward: module used for clean logits and the attack (e.g. a torch.compile'd ``model``).
+        forwards: how ``model`` is called for clean logits and inside the attack (e.g. compiled; see
+            :func:`~real_data.runtime.model_forwards`); default ``model`` itself for both.
         pgd_fn: the attack's implementation (a :class:`~real_data.graphs.GraphedPGD` replays CUDA graphs).
     """
     if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
         raise ValueError(f"need as many labels as images (> 0), got {images.shape[0]} and {labels.shape[0]}")
-    forward = forward or model
+    forwards = model_forwards(model) if forwards is None else forwards
     device = labels.device
     accumulator = AttributionAccumulator(head_weight(model)) if with_attribution else None
     clean = torch.zeros((), dtype=torch.int64, device=device)
@@ -93,8 +94,8 @@ def evaluate(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor,
             y = labels[start:start + batch_size]
             with autocast(device, amp_dtype):
                 with torch.no_grad():
-                    clean += (forward(x).argmax(1) == y).sum()
-                x_adv = threat.attack(forward, x, y, generator, pgd_fn)
+                    clean += (forwards.clean(x).argmax(1) == y).sum()
+                x_adv = threat.attack(forwards.attack, x, y, generator, pgd_fn)
             with torch.no_grad():
                 features = model.features(x_adv).float()
                 logits = model.head(features)

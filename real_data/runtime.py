@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ import torch
 from .data import ImageData
 from .models import ImageClassifier, build_arch, load_weights
 
-__all__ = ["resolve_device", "autocast", "precision_dtype", "use_channels_last", "save_atomic", "save_figure_atomic",
+__all__ = ["resolve_device", "autocast", "Forwards", "model_forwards", "precision_dtype", "use_channels_last",
+           "save_atomic", "save_figure_atomic",
            "read_checkpoint", "model_from_checkpoint", "CHECKPOINT_FORMAT", "PRECISIONS", "MEMORY_FORMATS"]
 
 CHECKPOINT_FORMAT = "real_data-checkpoint-1"
@@ -67,6 +69,49 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     else:
         with torch.autocast(device_type=device.type, dtype=dtype):
             yield
+
+
+class _AttackView(torch.nn.Module):
+    """``model`` as PGD calls it; a class of its own so that torch.compile keeps the attack's graphs apart.
+
+    Dynamo keeps one cache of compiled graphs per code object and stops compiling a function after
+    ``torch._dynamo.config.recompile_limit`` (8) variants, running it eagerly from then on. Attacks
+    (input requires grad, weights frozen; train or eval mode) and clean passes / training steps
+    (weights require grad, or no grad at all) are different graphs, and the last batch of an epoch
+    adds a dynamic-batch variant of each: in one cache, an AT run with its test evaluation fills all
+    8 entries. With the attack behind this view each cache holds about half of them.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@dataclass(frozen=True)
+class Forwards:
+    """How a model is called: ``clean`` for clean logits and training steps, ``attack`` inside PGD.
+
+    Both compute ``model(x)``; they differ only in whether (and with which cache) they are compiled.
+    """
+
+    clean: torch.nn.Module
+    attack: torch.nn.Module
+
+
+def model_forwards(model: torch.nn.Module, compile: bool = False, mode: str | None = None) -> Forwards:
+    """The model itself twice, or two torch.compile'd entry points with separate graph caches.
+
+    Args:
+        model: the classifier (its parameters are updated in place; compiled graphs read them live).
+        compile: wrap in ``torch.compile``.
+        mode: torch.compile's mode (None = its default); implies ``compile``.
+    """
+    if not (compile or mode):
+        return Forwards(clean=model, attack=model)
+    return Forwards(clean=torch.compile(model, mode=mode), attack=torch.compile(_AttackView(model), mode=mode))
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

@@ -48,6 +48,7 @@ from .runtime import (
     MEMORY_FORMATS,
     PRECISIONS,
     autocast,
+    model_forwards,
     model_from_checkpoint,
     precision_dtype,
     read_checkpoint,
@@ -221,7 +222,7 @@ class Trainer:
         self.model = build_arch(config.arch, n_classes=data.n_classes, in_channels=c, mean=data.mean, std=data.std,
                                 seed=derive_seed(config.seed, "init"), **_arch_options(config.arch, config.width))
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forwards = model_forwards(self.model, compile=config.compile)
         graphs = config.cuda_graphs and not config.compile and device.type == "cuda"
         self.pgd = GraphedPGD() if graphs else pgd
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -255,7 +256,7 @@ class Trainer:
         soft = {"alpha": c.label_smoothing, "temperature": c.temperature}
         eps = c.eps_pixels
         if c.mode == Mode.STANDARD.value or eps == 0:
-            logits = self.forward(x)
+            logits = self.forwards.clean(x)
             if c.mode == Mode.TRADES.value:
                 return trades_loss(logits, logits, y, c.trades_beta, teacher_logits=self._teacher_logits(x),
                                    **soft), logits
@@ -265,13 +266,13 @@ class Trainer:
                   "mode": c.bn_mode}
         if c.mode == Mode.TRADES.value:
             with torch.no_grad(), preserve_mode(self.model, c.bn_mode):
-                probs_natural = torch.softmax(self.forward(x).float(), dim=1)
-            x_adv = self.pgd(self.forward, x, probs_natural, loss_fn=trades_attack_loss, **attack)
-            logits_adv = self.forward(x_adv)
-            return trades_loss(self.forward(x), logits_adv, y, c.trades_beta, teacher_logits=self._teacher_logits(x),
-                               **soft), logits_adv
-        x_adv = self.pgd(self.forward, x, y, **attack)
-        logits = self.forward(x_adv)
+                probs_natural = torch.softmax(self.forwards.clean(x).float(), dim=1)
+            x_adv = self.pgd(self.forwards.attack, x, probs_natural, loss_fn=trades_attack_loss, **attack)
+            logits_adv = self.forwards.clean(x_adv)
+            return trades_loss(self.forwards.clean(x), logits_adv, y, c.trades_beta,
+                               teacher_logits=self._teacher_logits(x), **soft), logits_adv
+        x_adv = self.pgd(self.forwards.attack, x, y, **attack)
+        logits = self.forwards.clean(x_adv)
         return robust_objective(logits, y, teacher_logits=self._teacher_logits(x_adv), **soft), logits
 
     # -- one epoch ---------------------------------------------------------------------------
@@ -332,7 +333,7 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(c.seed, "eval", self.epoch))
         return evaluate(self.model, self.data.x_test[:n], self.data.y_test[:n], threat, generator=generator,
                         batch_size=c.eval_batch_size, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                        progress=self.progress, forward=self.forward, desc=f"test {self.epoch}", pgd_fn=self.pgd)
+                        progress=self.progress, forwards=self.forwards, desc=f"test {self.epoch}", pgd_fn=self.pgd)
 
     # -- state -------------------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
