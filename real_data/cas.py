@@ -16,6 +16,10 @@ Checkpoints: this package's files, or the official code's bare PreActResNet-18 s
 Output: a table printed (and ``DIR/cas.csv``), per checkpoint ``DIR/matrix_<i>_<name>.csv`` (K x K,
 class names as index and header) and one figure of heatmaps ``DIR/heatmaps.png``; ``--json`` prints
 ``[{"checkpoint", "clean_acc", "robust_acc", "cas", "matrix"}, ...]`` instead of the table.
+
+``--autoattack`` adds ``autoattack_acc``, AutoAttack's robust accuracy on the same images (through
+the authors' ``autoattack`` package or ``torchattacks`` when installed; see
+:mod:`real_data.autoattack`), to the table and the JSON. C and CAS stay those of the PGD points.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
 from synthmodel.sample import derive_seed
 
+from .autoattack import BACKENDS, VERSIONS, autoattack_correct, find_backend
 from .data import ImageData, load_dataset
 from .evaluate import Evaluation, ThreatModel, evaluate
 from .graphs import GraphedPGD
@@ -115,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="launch the attack's kernels one by one instead of replaying CUDA graphs")
+    p.add_argument("--autoattack", action="store_true",
+                   help="also report AutoAttack's robust accuracy (needs the autoattack or torchattacks package)")
+    p.add_argument("--autoattack-version", choices=VERSIONS, default="standard")
+    p.add_argument("--autoattack-backend", choices=BACKENDS, default="auto",
+                   help="auto: the authors' autoattack package if installed, else torchattacks")
     p.add_argument("--out", metavar="DIR", help="write cas.csv, matrix_*.csv and heatmaps.png here")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -134,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("eps must be >= 0, steps and batch size >= 1, n >= 0")
         threat = ThreatModel(eps=eps / 255.0, norm=args.norm, steps=args.steps,
                              step_size=None if args.step_size is None else args.step_size / 255.0)
+        backend = find_backend(args.autoattack_backend) if args.autoattack else None
+        if backend is not None and eps == 0:
+            raise ValueError("--autoattack needs eps > 0")
         data = load_dataset(args.dataset)
         options = {"width": args.width} if args.arch == "small-cnn" else {}
         # load every checkpoint first: a bad file fails before any long computation
@@ -153,12 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         ev = checkpoint_cas(model, data, threat, seed=args.seed, n=args.n, batch_size=args.batch_size, device=device,
                             amp_dtype=amp_dtype, channels_last=channels_last, progress=not args.quiet,
                             desc=Path(path).name, pgd_fn=GraphedPGD() if args.cuda_graphs else pgd)
+        row = {"checkpoint": str(path), "clean_acc": ev.clean_acc, "robust_acc": ev.robust_acc,
+               "cas": _finite(ev.attribution.cas), "n": ev.n, "norm": args.norm, "eps": eps, "steps": args.steps}
+        if backend is not None:
+            n = args.n or data.x_test.shape[0]
+            correct = autoattack_correct(model, data.x_test[:n].to(device), data.y_test[:n].to(device),
+                                         eps=threat.eps, norm=args.norm, version=args.autoattack_version,
+                                         backend=backend, seed=args.seed, batch_size=args.batch_size,
+                                         progress=not args.quiet, desc=f"autoattack {Path(path).name}")
+            row.update(autoattack_acc=correct.float().mean().item(), autoattack=f"{backend}:{args.autoattack_version}")
         model.cpu()
         matrix = ev.attribution.matrix
         matrices.append(matrix)
-        results.append({"checkpoint": str(path), "clean_acc": ev.clean_acc, "robust_acc": ev.robust_acc,
-                        "cas": _finite(ev.attribution.cas), "n": ev.n, "norm": args.norm, "eps": eps,
-                        "steps": args.steps})
+        results.append(row)
         if out is not None:
             frame = pd.DataFrame(matrix, index=list(data.class_names), columns=list(data.class_names))
             target = out / f"matrix_{index}_{Path(path).stem}.csv"
@@ -171,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         titles = [f"{Path(r['checkpoint']).name}: CAS " + ("nan" if r["cas"] is None else f"{r['cas']:.2f}")
                   for r in results]
         plot_heatmaps(matrices, titles, out / "heatmaps.png")
+    shown = ["checkpoint", "clean_acc", "robust_acc", *(["autoattack_acc"] if backend else []), "cas"]
     if args.json:
-        payload = [{"checkpoint": r["checkpoint"], "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"],
-                    "cas": r["cas"], "matrix": [[_finite(float(v)) for v in row] for row in m]}
+        payload = [{**{k: r[k] for k in shown}, "matrix": [[_finite(float(v)) for v in row] for row in m]}
                    for r, m in zip(results, matrices, strict=True)]
         print(json.dumps(payload))
     else:
-        print(table[["checkpoint", "clean_acc", "robust_acc", "cas"]].to_string(index=False))
+        print(table[shown].to_string(index=False))
     return 0
 
 
