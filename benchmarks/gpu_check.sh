@@ -12,7 +12,10 @@
 #   3. the CUDA paths end to end on a CIFAR-10-format folder written here: real_data.train (at, 2 epochs,
 #      PreActResNet-18), resume, real_data.cas (JSON + heatmaps), real_data.saliency;
 #   4. the benchmark at batch 512 (how far small batches keep the card from its floor), then with
-#      torch.compile and its recompilations logged (TORCH_LOGS=recompiles).
+#      torch.compile (its compilations happen in the untimed warm-up, which ends in a batch as short as
+#      the epoch's last: the timed epoch is the steady state; TORCH_LOGS=recompiles lists them);
+#   5. real_data.cas --autoattack on the trained run, when torchattacks is importable (e.g. installed with
+#      `pip install --no-deps --target .gpu_deps torchattacks` here and carried: PYTHONPATH gets .gpu_deps).
 set -u
 out=${1:?usage: gpu_check.sh OUTDIR [BUDGET_SECONDS]}
 budget=${2:-480}
@@ -20,7 +23,7 @@ py=${PYTHON:-python3}
 dev=${DEVICE:-cuda}     # DEVICE=cpu SKIP_BENCH=1 ARCH=small-cnn rehearses steps 2-5 without a GPU
 arch=${ARCH:-preact-resnet18}
 mkdir -p "$out"
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=.:.gpu_deps${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 step() {  # step NAME TIMEOUT COMMAND...
     local name=$1 limit=$2
@@ -60,6 +63,12 @@ step 07-saliency 40 $py -m real_data.saliency --checkpoint "$tmp/run/best.pt" "$
 
 [[ -n "${SKIP_BENCH:-}" ]] || step 08-bench-batch512 60 $py benchmarks/real_data_epoch.py --device cuda --n 20000 \
     --batch-size 512 --skip-baseline
-[[ -n "${SKIP_BENCH:-}" ]] || TORCH_LOGS=recompiles step 09-bench-compile 100 $py benchmarks/real_data_epoch.py \
-    --device cuda --n 5000 --compile --skip-baseline
+[[ -n "${SKIP_BENCH:-}" ]] || TORCH_LOGS=recompiles step 09-bench-compile 150 $py benchmarks/real_data_epoch.py \
+    --device cuda --n 20000 --compile --skip-baseline
+if $py -c "import torchattacks" 2>/dev/null; then
+    step 10-cas-autoattack 90 $py -m real_data.cas --checkpoint "$tmp/run/last.pt" --dataset "$ds" --n 200 \
+        --device "$dev" --quiet --json --autoattack --autoattack-backend torchattacks
+else
+    echo "== 10-cas-autoattack: skipped (torchattacks not importable)"
+fi
 echo "== done in ${SECONDS}s"
