@@ -26,6 +26,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "dynamics_curves": ("CAS and test robust accuracy against epoch, best epoch marked", dynamics.curves),
     "dynamics_cas_drop": ("CAS(best) - CAS(last) against eps", dynamics.cas_drop),
     "dynamics_soft_labels": ("AT vs AT + label smoothing vs AT + distillation", dynamics.soft_labels),
+    "real_curves": ("CAS and accuracy against the checkpoint's epoch, real data", dynamics.real_curves),
 }
 
 

@@ -182,3 +182,39 @@ def soft_labels(sources: Sources, out: Path) -> list[Path]:
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels))
     fig.suptitle("AT and soft labels (mean, whiskers 1 s.d. over seeds)", fontsize=9)
     return style.save(fig, out, "dynamics_soft_labels")
+
+
+def real_curves(sources: Sources, out: Path) -> list[Path]:
+    """Per real-data CAS folder holding checkpoints of two or more epochs (``python -m real_data.cas
+    --checkpoint run/epoch_*.pt run/last.pt --out DIR``): CAS, and clean and PGD robust test accuracy,
+    against the epoch the checkpoint was saved at; the epoch of highest robust accuracy starred."""
+    runs = []
+    for folder, table, _ in sources.real_tables:
+        if "epoch" not in table:
+            continue
+        rows = table.dropna(subset=["epoch"]).drop_duplicates(subset="epoch").sort_values("epoch")
+        if len(rows) >= 2:
+            runs.append((folder.name, rows))
+    if not runs:
+        raise MissingData("no real-data CAS folder with checkpoints of two or more epochs (python -m real_data.cas "
+                          "--checkpoint RUN/epoch_*.pt RUN/last.pt --out DIR; then python -m figures --real DIR)")
+    runs = runs[:MAX_LINES]
+    fig, axes = style.figure(ncols=2, width=3.3, height=2.4)
+    for i, (name, rows) in enumerate(runs):
+        colour = style.PALETTE[i % len(style.PALETTE)]
+        epochs = rows["epoch"].astype(int)
+        best = int(np.argmax(rows["robust_acc"].to_numpy()))
+        axes[0, 0].plot(epochs, rows["cas"], color=colour, marker="o", ms=3, label=name)
+        axes[0, 0].plot(epochs.iloc[best], rows["cas"].iloc[best], marker="*", ms=9, color=colour, mec="black",
+                        mew=0.5)
+        axes[0, 1].plot(epochs, rows["robust_acc"], color=colour, marker="o", ms=3, label=f"{name}, PGD")
+        axes[0, 1].plot(epochs, rows["clean_acc"], color=colour, ls="--", lw=0.9, label=f"{name}, clean")
+        axes[0, 1].plot(epochs.iloc[best], rows["robust_acc"].iloc[best], marker="*", ms=9, color=colour,
+                        mec="black", mew=0.5)
+    axes[0, 0].set_ylabel("CAS (adv. test inputs)")
+    axes[0, 1].set_ylabel("test accuracy")
+    axes[0, 1].legend(loc="best", fontsize=6.5)
+    for ax in axes[0]:
+        ax.set_xlabel("epoch of the checkpoint")
+    fig.suptitle("Real data: CAS and accuracy over training ($\\star$ highest robust accuracy)", fontsize=9)
+    return style.save(fig, out, "real_curves")

@@ -13,9 +13,11 @@ Checkpoints: this package's files, or the official code's bare PreActResNet-18 s
 (``model_best.pth``, ``model_last.pth``, also with DataParallel ``module.`` prefixes), all read with
 ``torch.load(weights_only=True)``.
 
-Output: a table printed (and ``DIR/cas.csv``), per checkpoint ``DIR/matrix_<i>_<name>.csv`` (K x K,
-class names as index and header) and one figure of heatmaps ``DIR/heatmaps.png``; ``--json`` prints
-``[{"checkpoint", "clean_acc", "robust_acc", "cas", "matrix"}, ...]`` instead of the table.
+Output: a table printed (and ``DIR/cas.csv``, which also has the checkpoint's ``epoch``, empty for
+bare state_dicts: ``python -m figures --real DIR`` draws CAS against it), per checkpoint
+``DIR/matrix_<i>_<name>.csv`` (K x K, class names as index and header) and one figure of heatmaps
+``DIR/heatmaps.png``; ``--json`` prints ``[{"checkpoint", "clean_acc", "robust_acc", "cas", "matrix"}, ...]``
+instead of the table.
 
 ``--autoattack`` adds ``autoattack_acc``, AutoAttack's robust accuracy on the same images (through
 the authors' ``autoattack`` package or ``torchattacks`` when installed; see
@@ -150,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(args.dataset)
         options = {"width": args.width} if args.arch == "small-cnn" else {}
         # load every checkpoint first: a bad file fails before any long computation
-        models = [model_from_checkpoint(path, data, arch=args.arch, arch_options=options)[0]
-                  for path in args.checkpoint]
+        loaded = [model_from_checkpoint(path, data, arch=args.arch, arch_options=options) for path in args.checkpoint]
         out = Path(args.out) if args.out else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -162,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     channels_last = use_channels_last(args.memory_format, device)
     results: list[dict[str, Any]] = []
     matrices: list[np.ndarray] = []
-    for index, (path, model) in enumerate(zip(args.checkpoint, models, strict=True)):
+    for index, (path, (model, blob)) in enumerate(zip(args.checkpoint, loaded, strict=True)):
         ev = checkpoint_cas(model, data, threat, seed=args.seed, n=args.n, batch_size=args.batch_size, device=device,
                             amp_dtype=amp_dtype, channels_last=channels_last, progress=not args.quiet,
                             desc=Path(path).name, pgd_fn=GraphedPGD() if args.cuda_graphs else pgd)
-        row = {"checkpoint": str(path), "clean_acc": ev.clean_acc, "robust_acc": ev.robust_acc,
-               "cas": _finite(ev.attribution.cas), "n": ev.n, "norm": args.norm, "eps": eps, "steps": args.steps}
+        row = {"checkpoint": str(path), "epoch": blob.get("epoch"), "clean_acc": ev.clean_acc,
+               "robust_acc": ev.robust_acc, "cas": _finite(ev.attribution.cas), "n": ev.n, "norm": args.norm,
+               "eps": eps, "steps": args.steps}
         if backend is not None:
             n = args.n or data.x_test.shape[0]
             correct = autoattack_correct(model, data.x_test[:n].to(device), data.y_test[:n].to(device),

@@ -36,13 +36,13 @@ def real(tmp_path_factory):
     names = ["airplane", "automobile", "bird", "cat"]
     rng = np.random.default_rng(0)
     rows = []
-    for index, stem in enumerate(("best", "last")):
+    for index, (stem, epoch) in enumerate((("epoch_001", 1), ("best", 2), ("epoch_002", 2), ("last", 3))):
         vectors = rng.normal(size=(4, 6))
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         matrix = vectors @ vectors.T
         pd.DataFrame(matrix, index=names, columns=names).to_csv(folder / f"matrix_{index}_{stem}.csv")
         off = ~np.eye(4, dtype=bool)
-        rows.append({"checkpoint": f"run/{stem}.pt", "clean_acc": 0.5, "robust_acc": 0.3,
+        rows.append({"checkpoint": f"run/{stem}.pt", "epoch": epoch, "clean_acc": 0.5, "robust_acc": 0.3 + 0.1 * epoch,
                      "cas": float(np.clip(matrix[off], 0, 1).sum())})
     pd.DataFrame(rows).to_csv(folder / "cas.csv", index=False)
     return folder

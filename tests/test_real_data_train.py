@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from figures import Sources, render
 from real_data import cas, saliency
 from real_data import train as train_cli
 from real_data.data import load_dataset, to_float
@@ -110,6 +111,19 @@ def test_cas_cli_table_json_and_files(at_run, cifar, tmp_path, capsys):
     assert table["cas"].tolist() == pytest.approx([r["cas"] for r in payload])
     assert (tmp_path / "heatmaps.png").stat().st_size > 0
     assert (tmp_path / "matrix_1_last.csv").is_file()
+
+
+def test_cas_over_epochs_table_and_figure(at_run, cifar, tmp_path):
+    checkpoints = [at_run / "epoch_001.pt", at_run / "epoch_002.pt", at_run / "last.pt"]
+    assert cas.main(["--checkpoint", *map(str, checkpoints), "--dataset", f"cifar10:{cifar}", "--steps", "2",
+                     "--quiet", "--out", str(tmp_path / "cas")]) == 0
+    table = pd.read_csv(tmp_path / "cas" / "cas.csv")
+    assert table["epoch"].tolist() == [1, 2, 2]
+    # epoch_002.pt and last.pt hold the same weights and are attacked with the same random starts
+    same = ["clean_acc", "robust_acc", "cas"]
+    assert table.loc[1, same].tolist() == table.loc[2, same].tolist()
+    made = render(Sources(real=[tmp_path / "cas"]), tmp_path / "figs", only=["real_curves"], log=lambda _: None)
+    assert [f.name for f in made["real_curves"]] == ["real_curves.png", "real_curves.pdf"]
 
 
 def test_saliency_grid(at_run, cifar, tmp_path):
