@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if backend is not None and eps == 0:
             raise ValueError("--autoattack needs eps > 0")
         data = load_dataset(args.dataset)
+        if args.n > data.x_test.shape[0]:
+            raise ValueError(f"--n {args.n} exceeds the {data.x_test.shape[0]} test images of {args.dataset}")
         options = {"width": args.width} if args.arch == "small-cnn" else {}
         # load every checkpoint first: a bad file fails before any long computation
         loaded = [model_from_checkpoint(path, data, arch=args.arch, arch_options=options) for path in args.checkpoint]

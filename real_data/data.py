@@ -193,6 +193,11 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     names = _names(blob["class_names"]) if "class_names" in blob else tuple(str(i) for i in range(k))
     if len(names) < k:
         raise ValueError(f"{path}: {len(names)} class_names for labels up to {k - 1}")
+    absent = np.setdiff1d(np.arange(len(names)), blob["y_train"])
+    if absent.size:
+        raise ValueError(f"{path}: classes {', '.join(map(str, absent[:10].tolist()))}"
+                         f"{' ...' if absent.size > 10 else ''} have no training image (labels must be "
+                         f"0..K-1 with every class present)")
     return blob["x_train"], blob["y_train"].astype(np.int64), blob["x_test"], blob["y_test"].astype(np.int64), names
 
 

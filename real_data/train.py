@@ -217,6 +217,8 @@ class Trainer:
         self.amp_dtype = precision_dtype(config.precision, device)
         self.channels_last = use_channels_last(config.memory_format, device)
         c, h, w = data.image_shape
+        if config.eval_n > data.x_test.shape[0]:
+            raise ValueError(f"eval_n {config.eval_n} exceeds the {data.x_test.shape[0]} test images of {data.name}")
         if min(h, w) <= 4 and config.augment:
             raise ValueError(f"images of {h}x{w} are too small for 4-pixel crop augmentation (use --no-augment)")
         self.model = build_arch(config.arch, n_classes=data.n_classes, in_channels=c, mean=data.mean, std=data.std,

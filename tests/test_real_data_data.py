@@ -70,6 +70,8 @@ def test_missing_folder_and_files_are_named(tmp_path):
     ({"x_train": np.zeros((4, 8, 8, 1), np.float32)}, "x_train must be uint8"),
     ({"y_train": np.zeros(3, np.int64)}, "y_train must be 4 integer labels"),
     ({"x_test": np.zeros((2, 6, 6, 1), np.uint8), "y_test": np.zeros(2, np.int64)}, "differ in shape"),
+    ({"y_train": np.array([0, 2, 2, 0])}, "classes 1 have no training image"),
+    ({"y_train": np.array([3, 3, 3, 3]), "y_test": np.array([0, 1])}, "classes 0, 1, 2 have no training image"),
 ])
 def test_npz_with_wrong_arrays_is_refused(tmp_path, bad, message):
     arrays = {"x_train": np.zeros((4, 8, 8, 1), np.uint8), "y_train": np.zeros(4, np.int64),

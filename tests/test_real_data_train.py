@@ -169,6 +169,12 @@ def test_bad_inputs_give_one_line_and_status_2(tmp_path, at_run, cifar, capsys):
     assert cas.main(["--checkpoint", str(tmp_path / "cnn.pth"), "--dataset", f"cifar10:{cifar}", "--quiet"]) == 2
     line = _one_error_line(capsys)
     assert "missing keys" in line and "unexpected keys body.0.weight" in line
+    # more test images asked for than the split holds: an error, not a silent truncation
+    assert cas.main(["--checkpoint", str(at_run / "last.pt"), "--dataset", f"cifar10:{cifar}", "--n", "41"]) == 2
+    assert "--n 41 exceeds the 40 test images" in _one_error_line(capsys)
+    assert train_cli.main(["--dataset", f"cifar10:{cifar}", "--out", str(tmp_path / "big"), *FAST,
+                           "--eval-n", "41"]) == 2
+    assert "eval_n 41 exceeds the 40 test images" in _one_error_line(capsys)
     # an existing run is never overwritten without --resume
     assert train_cli.main(["--dataset", f"cifar10:{cifar}", "--out", str(at_run), *FAST]) == 2
     assert "--resume" in _one_error_line(capsys)
