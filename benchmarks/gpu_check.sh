@@ -13,7 +13,8 @@
 #      PreActResNet-18), resume, real_data.cas (JSON + heatmaps), real_data.saliency;
 #   4. the benchmark at batch 512 (how far small batches keep the card from its floor), then with
 #      torch.compile (its compilations happen in the untimed warm-up, which ends in a batch as short as
-#      the epoch's last: the timed epoch is the steady state; TORCH_LOGS=recompiles lists them);
+#      the epoch's last: the timed epoch is the steady state; TORCH_LOGS=recompiles lists them), then
+#      with mode reduce-overhead (inductor's fused kernels replayed from CUDA graph trees);
 #   5. real_data.cas --autoattack on the trained run, when torchattacks is importable (e.g. installed with
 #      `pip install --no-deps --target .gpu_deps torchattacks` here and carried: PYTHONPATH gets .gpu_deps).
 set -u
@@ -65,6 +66,8 @@ step 07-saliency 40 $py -m real_data.saliency --checkpoint "$tmp/run/best.pt" "$
     --batch-size 512 --skip-baseline
 [[ -n "${SKIP_BENCH:-}" ]] || TORCH_LOGS=recompiles step 09-bench-compile 150 $py benchmarks/real_data_epoch.py \
     --device cuda --n 20000 --compile --skip-baseline
+[[ -n "${SKIP_BENCH:-}" ]] || TORCH_LOGS=recompiles step 09b-bench-compile-reduce-overhead 200 $py \
+    benchmarks/real_data_epoch.py --device cuda --n 20000 --compile-mode reduce-overhead --skip-baseline
 if $py -c "import torchattacks" 2>/dev/null; then
     step 10-cas-autoattack 90 $py -m real_data.cas --checkpoint "$tmp/run/last.pt" --dataset "$ds" --n 200 \
         --device "$dev" --quiet --json --autoattack --autoattack-backend torchattacks
