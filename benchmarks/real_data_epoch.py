@@ -158,7 +158,8 @@ def main() -> int:
                      x_test=torch.from_numpy(images[:batch]), y_test=torch.from_numpy(labels[:batch]),
                      class_names=tuple(str(i) for i in range(10)), mean=CIFAR10_MEAN, std=CIFAR10_STD)
     config = TrainConfig(dataset="random", batch_size=batch, steps=args.steps, epochs=1,
-                         compile=args.compile and not args.compile_mode, cuda_graphs=args.cuda_graphs)
+                         compile=args.compile and not args.compile_mode,
+                         cuda_graphs=args.cuda_graphs and not args.compile_mode)
     trainer = Trainer(config, data, device)
     if args.compile_mode:
         trainer.forwards = model_forwards(trainer.model, mode=args.compile_mode)
