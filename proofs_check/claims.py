@@ -52,6 +52,19 @@ def check_claim2(world: World, norm: str, n_eps: int = 6, n_w2: int = 11) -> dic
             "min_slope": float(slopes.min()), "slopes": slopes.tolist()}
 
 
+def _larger(a: np.ndarray, b: np.ndarray, err: np.ndarray) -> bool | None:
+    """True: a > b + err everywhere; False: a < b - err somewhere; None (undecided): neither.
+
+    ``err`` bounds the errors of a - b; an unknown (NaN) error counts as unbounded.
+    """
+    err = np.nan_to_num(np.asarray(err, dtype=np.float64), nan=np.inf)
+    if np.all(a > b + err):
+        return True
+    if np.any(a < b - err):
+        return False
+    return None
+
+
 def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
                         teacher: tuple[float, float, float] | None = None, skip_soft: str | None = None) -> dict:
     """Thresholds, optimal weights on an eps grid and verdicts on claims 1 and 3 for one formalisation.
@@ -119,10 +132,15 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio0 = np.where(opt0["w1"] != 0, opt0["w2"] / opt0["w1"], np.nan)
         ratio1 = np.where(opt1["w1"] != 0, opt1["w2"] / opt1["w1"], np.nan)
-    # "larger" beyond the weights' precision (tol): where the two optima coincide (joint + l1-share: to 1e-12)
-    # a bare comparison would decide on rounding noise
-    absolute = bool(np.all(opt1["w2"][inside] > opt0["w2"][inside] + tol))
-    ratio = bool(np.all(ratio1[inside] > ratio0[inside] + tol))
+    # "larger" beyond the weights' precision: where the two optima coincide (joint + l1-share: to 1e-12) a bare
+    # comparison would decide on rounding noise, and where the weights carry a larger error (joint l2 + label
+    # smoothing: w_error up to ~3e-2) a difference inside it decides nothing (None: undecided)
+    err = opt0["w_error"][inside] + opt1["w_error"][inside] + tol
+    absolute = _larger(opt1["w2"][inside], opt0["w2"][inside], err)
+    # error of w2 / w1 from errors e in both weights: e (1 + |w2 / w1|) / |w1|, for either optimum
+    ratio_err = (opt0["w_error"][inside] * (1 + np.abs(ratio0[inside])) / np.abs(opt0["w1"][inside])
+                 + opt1["w_error"][inside] * (1 + np.abs(ratio1[inside])) / np.abs(opt1["w1"][inside]) + tol)
+    ratio = _larger(ratio1[inside], ratio0[inside], ratio_err)
     if th0.eps is None or th1.eps is None:
         soft = "label smoothing" if teacher is None else "distillation"
         order = "no threshold" + (f" with {soft}" if th1.eps is None else f" without {soft}")
@@ -130,16 +148,20 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
     else:
         thresholds_ok = th1.eps > th0.eps
         order = f"eps1 {'>' if thresholds_ok else '<='} eps0"
-    if thresholds_ok and absolute and ratio:
+    tag = "LS" if teacher is None else "KD"
+    shown = {True: "True", False: "False", None: "undecided (within the weights' errors)"}
+    parts = [order, f"w2_{tag} > w2 on the grid: {shown[absolute]}", f"ratio_{tag} > ratio: {shown[ratio]}"]
+    if thresholds_ok and absolute is True and ratio is True:
         claim3 = "holds"
-    elif thresholds_ok and ratio:
+    elif thresholds_ok and ratio is True and absolute is False:
         claim3 = "holds only as a ratio w2/w1"
-    elif thresholds_ok and absolute:
+    elif thresholds_ok and absolute is True and ratio is False:
         claim3 = "holds only in absolute w2"
+    elif thresholds_ok and (absolute is None or ratio is None):
+        claim3 = "undecided: " + "; ".join(parts)
     else:
-        tag = "LS" if teacher is None else "KD"
-        parts = [order, f"w2_{tag} > w2 on the grid: {absolute}", f"ratio_{tag} > ratio: {ratio}"]
         claim3 = "fails: " + "; ".join(parts)
+    evidence.update(w_error=opt0["w_error"].tolist(), w_error_ls=opt1["w_error"].tolist())
     return {**base, "claims": {"1": claim1, "3": claim3}, "eps0": th0.eps, "eps1": th1.eps,
             "method": opt0["method"], "convex": {"hard": hard.convex, "smoothed": smooth.convex},
             "evidence": {**evidence, "w1_ls": opt1["w1"].tolist(), "w2_ls": opt1["w2"].tolist(),

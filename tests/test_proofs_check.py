@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proofs_check.__main__ import main
+from proofs_check.claims import _larger
 from proofs_check.derivations import claim2_numeric, fo_numeric, worst_case
 from synthmodel.population import Formalisation, loss_derivatives, robust_accuracy, world_from
 
@@ -81,3 +82,12 @@ def test_cli_distillation_teacher_option(capsys):
     np.testing.assert_allclose(row["evidence"]["w2_ls"], 0.45, atol=1e-6)
     assert main(["--teacher", "1", "1", "0", "--quiet"]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_comparisons_within_the_weights_errors_are_undecided():
+    a = np.array([1.0, 2.0, 3.0])
+    assert _larger(a + 0.5, a, np.full(3, 0.1)) is True
+    assert _larger(a - 0.5, a, np.full(3, 0.1)) is False
+    assert _larger(a + 0.05, a, np.full(3, 0.1)) is None          # inside the error everywhere
+    assert _larger(a + np.array([0.5, 0.05, -0.5]), a, np.full(3, 0.1)) is False  # one point surely below
+    assert _larger(a + 0.5, a, np.array([0.1, np.nan, 0.1])) is None  # an unknown error decides nothing
