@@ -132,7 +132,11 @@ def autoattack_correct(model: torch.nn.Module, images: torch.Tensor, labels: tor
         for start in starts:
             x = _as_float(images[start:start + batch_size]).contiguous()
             y = labels[start:start + batch_size]
-            x_adv = _run(backend, attacker, x, y).detach().to(x.device, x.dtype)
+            try:
+                x_adv = _run(backend, attacker, x, y).detach().to(x.device, x.dtype)
+            except Exception as exc:  # a third-party package: report it as bad input, not a traceback
+                raise ValueError(f"{backend} failed on images of shape {tuple(x.shape)} "
+                                 f"({exc.__class__.__name__}: {exc})") from exc
             _check_in_threat_model(x, x_adv, eps, norm, backend)
             with torch.no_grad():
                 robust.append((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y))

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     channels_last = use_channels_last(args.memory_format, device)
     results: list[dict[str, Any]] = []
     matrices: list[np.ndarray] = []
+    failure: str | None = None
     for index, (path, (model, blob)) in enumerate(zip(args.checkpoint, loaded, strict=True)):
         ev = checkpoint_cas(model, data, threat, seed=args.seed, n=args.n, batch_size=args.batch_size, device=device,
                             amp_dtype=amp_dtype, channels_last=channels_last, progress=not args.quiet,
@@ -174,11 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                "eps": eps, "steps": args.steps}
         if backend is not None:
             n = args.n or data.x_test.shape[0]
-            correct = autoattack_correct(model, data.x_test[:n].to(device), data.y_test[:n].to(device),
-                                         eps=threat.eps, norm=args.norm, version=args.autoattack_version,
-                                         backend=backend, seed=args.seed, batch_size=args.batch_size,
-                                         progress=not args.quiet, desc=f"autoattack {Path(path).name}")
-            row.update(autoattack_acc=correct.float().mean().item(), autoattack=f"{backend}:{args.autoattack_version}")
+            row.update(autoattack_acc=math.nan, autoattack=f"{backend}:{args.autoattack_version}")
+            try:
+                correct = autoattack_correct(model, data.x_test[:n].to(device), data.y_test[:n].to(device),
+                                             eps=threat.eps, norm=args.norm, version=args.autoattack_version,
+                                             backend=backend, seed=args.seed, batch_size=args.batch_size,
+                                             progress=not args.quiet, desc=f"autoattack {Path(path).name}")
+                row["autoattack_acc"] = correct.float().mean().item()
+            except ValueError as exc:  # the package failed or returned points outside the threat model
+                failure = f"{path}: {exc}"
         model.cpu()
         matrix = ev.attribution.matrix
         matrices.append(matrix)
@@ -188,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             target = out / f"matrix_{index}_{Path(path).stem}.csv"
             frame.to_csv(target.with_name(target.name + ".tmp"))
             os.replace(target.with_name(target.name + ".tmp"), target)
+        if failure is not None:
+            break
     table = pd.DataFrame(results)
     if out is not None:
         table.to_csv(out / "cas.csv.tmp", index=False)
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         titles = [f"{Path(r['checkpoint']).name}: CAS " + ("nan" if r["cas"] is None else f"{r['cas']:.2f}")
                   for r in results]
         plot_heatmaps(matrices, titles, out / "heatmaps.png")
+    if failure is not None:  # what was computed is in --out (autoattack_acc NaN for this checkpoint)
+        print(f"error: AutoAttack failed on {failure}", file=sys.stderr)
+        return 2
     shown = ["checkpoint", "clean_acc", "robust_acc", *(["autoattack_acc"] if backend else []), "cas"]
     if args.json:
         payload = [{**{k: r[k] for k in shown}, "matrix": [[_finite(float(v)) for v in row] for row in m]}

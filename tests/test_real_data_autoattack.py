@@ -121,7 +121,7 @@ def test_missing_package_is_one_clear_error(monkeypatch, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: AutoAttack needs the package")
 
 
-def test_cas_cli_reports_autoattack(tmp_path, capsys):
+def test_cas_cli_reports_autoattack(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torchattacks")
     data = write_npz(tmp_path / "d.npz", n_train=32, n_test=16, shape=(16, 16, 3))
     run = tmp_path / "run"
@@ -138,3 +138,15 @@ def test_cas_cli_reports_autoattack(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "cas" / "cas.csv")
     assert table["autoattack_acc"].tolist() == [record["autoattack_acc"]]
     assert table["autoattack"].tolist() == ["torchattacks:standard"]
+    # a package that fails (torchattacks' Square attack divides by zero on 4x4 images): one error line,
+    # exit 2, and the PGD results already computed are in --out with autoattack_acc empty
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(aa, "_run", broken)
+    assert cas.main([*args, "--out", str(tmp_path / "failed")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torchattacks failed" in err[0] and "ZeroDivisionError" in err[0]
+    partial = pd.read_csv(tmp_path / "failed" / "cas.csv")
+    assert partial["robust_acc"].tolist() == table["robust_acc"].tolist() and partial["autoattack_acc"].isna().all()
