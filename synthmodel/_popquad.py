@@ -699,7 +699,8 @@ def _pgd_l2_smoothing_term(k, mu, sigma, alpha, w1, w2, eps, dev, weta, t_star, 
 
 
 def _envelope_eval(value, w1_b, w2_b, t_star, weights, order: int):
-    """Loss, gradient, Hessian of ``sum_n weights_n max_t value(w, t)_n`` from the maximisers t_star (B, N).
+    """Loss, gradient, Hessian of ``sum_n weights_n max_t value(w, t)_n`` from the maximisers t_star (B, N);
+    weights (N,) or per element (B, N).
 
     ``value(w1, w2, t)`` maps per-node tensors (B, N) to (B, N). At the maximiser the value is stationary in t,
     so the gradient is the partial one (envelope theorem) and the Hessian gets the implicit-function term
@@ -709,12 +710,12 @@ def _envelope_eval(value, w1_b, w2_b, t_star, weights, order: int):
 
     if order == 0:
         with torch.no_grad():
-            return (value(w1_b, w2_b, t_star) @ weights).numpy(), None, None
+            return (value(w1_b, w2_b, t_star) * weights).sum(-1).numpy(), None, None
     w1_l, w2_l, t_l = (t.clone().requires_grad_(True) for t in (w1_b, w2_b, t_star))
     g_val = value(w1_l, w2_l, t_l)
-    loss = (g_val.detach() @ weights).numpy()
+    loss = (g_val.detach() * weights).sum(-1).numpy()
     first = torch.autograd.grad(g_val.sum(), (w1_l, w2_l, t_l), create_graph=order == 2)
-    grad = torch.stack([first[0] @ weights, first[1] @ weights], dim=-1).detach().numpy()
+    grad = torch.stack([(first[0] * weights).sum(-1), (first[1] * weights).sum(-1)], dim=-1).detach().numpy()
     if order == 1:
         return loss, grad, None
     rows = [torch.autograd.grad(g.sum(), (w1_l, w2_l, t_l), retain_graph=True) for g in first]
@@ -722,7 +723,7 @@ def _envelope_eval(value, w1_b, w2_b, t_star, weights, order: int):
     g_tt = h[..., 2, 2]
     g_tt = torch.where(g_tt < 0, g_tt, torch.full_like(g_tt, -_TINY))
     node_h = h[..., :2, :2] - h[..., :2, 2, None] * h[..., 2, None, :2] / g_tt[..., None, None]
-    return loss, grad, torch.einsum("bnac,n->bac", node_h, weights).detach().numpy()
+    return loss, grad, torch.einsum("bnac,bn->bac", node_h, weights.expand(node_h.shape[:2])).detach().numpy()
 
 
 # -- hard labels for any K: a one-dimensional representation (Frullani) ---------------------------------------
@@ -818,6 +819,7 @@ def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, level
 
 
 # -- joint l2 with label smoothing (K = 3): the adversary on an ellipse --------------------------------------
+_L2_SOFT_SPLIT = True  # joint l2 + label smoothing: xi lines split at the adversary's ties (else trapezoid)
 _THETA_GRID = 96  # samples of the ellipse per node before Newton refinement of the best local maxima
 
 
@@ -834,6 +836,38 @@ def _ellipse(theta):
     return x, dx, -x
 
 
+def _ellipse_value(a: np.ndarray, rho: np.ndarray, tau: float, theta: np.ndarray) -> np.ndarray:
+    """g(theta) = LSE(0, a1 + rho x1, a2 + rho x2) - tau (x1 + x2) rho; a (..., 2), rho and theta (...)."""
+    x, _, _ = _ellipse(theta)
+    z = a + rho[..., None] * x
+    return np.logaddexp(0.0, np.logaddexp(z[..., 0], z[..., 1])) - tau * z.sum(-1)
+
+
+def _ellipse_refine(a: np.ndarray, rho: np.ndarray, tau: float, theta: np.ndarray, lo: np.ndarray,
+                    hi: np.ndarray) -> np.ndarray:
+    """Newton steps towards the local maximum of g in [lo, hi] from theta (a bisection-like move otherwise).
+
+    a (..., 2); rho, theta, lo, hi (...)."""
+    step = hi - lo
+    for _ in range(30):
+        xt, dxt, d2xt = _ellipse(theta)
+        zt = a + rho[..., None] * xt
+        m = np.maximum(0.0, zt.max(-1, keepdims=True))
+        ez = np.exp(zt - m)
+        p = ez / (np.exp(-m) + ez.sum(-1, keepdims=True))
+        u = (p * dxt).sum(-1)
+        g1 = rho * ((p - tau) * dxt).sum(-1)
+        g2 = rho * ((p - tau) * d2xt).sum(-1) + rho ** 2 * ((p * dxt * dxt).sum(-1) - u * u)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = theta - g1 / g2
+        inside = (g2 < 0) & (newton > lo) & (newton < hi) & np.isfinite(newton)
+        new = np.where(inside, newton, np.clip(theta + np.sign(g1) * 0.125 * step, lo, hi))
+        if np.all(np.abs(new - theta) <= 1e-15 * (1.0 + np.abs(theta))):
+            return new
+        theta = new
+    return theta
+
+
 def _ellipse_argmax(a: np.ndarray, rho: np.ndarray, tau: float) -> np.ndarray:
     """theta maximising g = LSE(0, a1 + rho x1, a2 + rho x2) - tau (x1 + x2) rho over the ellipse, per node.
 
@@ -842,10 +876,8 @@ def _ellipse_argmax(a: np.ndarray, rho: np.ndarray, tau: float) -> np.ndarray:
     refined one returned. The maximum of a convex function over the ellipse lies on its boundary.
     """
     grid = np.linspace(0.0, 2 * math.pi, _THETA_GRID, endpoint=False)
-    x, _, _ = _ellipse(grid)                                                            # (T, 2)
-    r = rho[..., None, None]
-    z = a[..., None, :] + r * x                                                         # (..., T, 2)
-    g = np.logaddexp(0.0, np.logaddexp(z[..., 0], z[..., 1])) - tau * z.sum(-1)
+    rho = np.broadcast_to(rho, a.shape[:-1])
+    g = _ellipse_value(a[..., None, :], rho[..., None], tau, grid)
     left, right = np.roll(g, 1, axis=-1), np.roll(g, -1, axis=-1)
     peak = (g >= left) & (g >= right)
     score = np.where(peak, g, -np.inf)
@@ -853,31 +885,73 @@ def _ellipse_argmax(a: np.ndarray, rho: np.ndarray, tau: float) -> np.ndarray:
     theta = grid[top]
     ok = np.take_along_axis(peak, top, axis=-1)
     step = 2 * math.pi / _THETA_GRID
-    lo, hi = theta - step, theta + step
-    a3 = a[..., None, :]
-    r3 = rho[..., None]
-    for _ in range(30):
-        xt, dxt, d2xt = _ellipse(theta)
-        zt = a3 + r3[..., None] * xt
-        m = np.maximum(0.0, zt.max(-1, keepdims=True))
-        ez = np.exp(zt - m)
-        p = ez / (np.exp(-m) + ez.sum(-1, keepdims=True))
-        u = (p * dxt).sum(-1)
-        g1 = r3 * ((p - tau) * dxt).sum(-1)
-        g2 = r3 * ((p - tau) * d2xt).sum(-1) + r3 ** 2 * ((p * dxt * dxt).sum(-1) - u * u)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            newton = theta - g1 / g2
-        inside = (g2 < 0) & (newton > lo) & (newton < hi) & np.isfinite(newton)
-        new = np.where(inside, newton, np.clip(theta + np.sign(g1) * 0.25 * step, lo, hi))
-        if np.all(np.abs(new - theta) <= 1e-15 * (1.0 + np.abs(theta))):
-            theta = new
-            break
-        theta = new
-    xt, _, _ = _ellipse(theta)
-    zt = a3 + r3[..., None] * xt
-    val = np.logaddexp(0.0, np.logaddexp(zt[..., 0], zt[..., 1])) - tau * zt.sum(-1)
-    val = np.where(ok, val, -np.inf)
+    a3, r3 = a[..., None, :], rho[..., None] + np.zeros(theta.shape)
+    theta = _ellipse_refine(a3, r3, tau, theta, theta - step, theta + step)
+    val = np.where(ok, _ellipse_value(a3, r3, tau, theta), -np.inf)
     return np.take_along_axis(theta, val.argmax(-1)[..., None], axis=-1)[..., 0]
+
+
+def _l2_soft_xi_nodes(mu: float, sigma: float, tau: float, w1, w2, eps, dev: np.ndarray, level_xi: int,
+                      offset: bool) -> tuple[np.ndarray, np.ndarray]:
+    """xi nodes (B, J, M) and Gauss-Legendre weights times phi (B, J, M) of joint l2 + label smoothing, every
+    line (fixed eta) split where the adversary's best angle jumps from one local maximum to another.
+
+    Along a line both wrong margins move with xi alike. The best angle is found on a detection grid of step
+    h (the level's trapezoid step); between two neighbours whose angles differ by more than 0.3 rad, the tie
+    ``g(theta_A(xi)) = g(theta_B(xi))`` of the two local maxima (each followed by Newton from its side) is
+    bisected to 1e-13 (regula falsi was tried: no faster, the slowest lines set the pace). Lines are then cut
+    into panels of width <= 4 h and at these ties, Gauss-Legendre on each (12 nodes; 16 for the shifted,
+    verifying rule). Ties closer together than h may be missed.
+    """
+    b, j = w1.size, dev.shape[0]
+    sd = np.sqrt(w1 * w1 + w2 * w2 / 2)
+    rho = np.sqrt(w1 * w1 + w2 * w2) * eps
+
+    def neg_margins(xi):  # xi (B, J, T) -> a (B, J, T, 2)
+        return -(((w1 + w2) * mu)[:, None, None, None] + sigma * (sd[:, None, None, None] * xi[..., None]
+                                                                  + w2[:, None, None, None] * dev[None, :, None]))
+
+    h = h_of(level_xi)
+    grid = np.arange(-_RANGE, _RANGE + 0.5 * h, h)
+    xi_g = np.broadcast_to(grid, (b, j, grid.size))
+    rho_g = np.broadcast_to(rho[:, None, None], xi_g.shape)
+    theta = _ellipse_argmax(neg_margins(xi_g), rho_g, tau)                             # (B, J, T)
+    jump = np.abs(np.angle(np.exp(1j * (theta[..., 1:] - theta[..., :-1])))) > 0.3
+    bi, ji, ti = np.nonzero(jump)
+    bps = np.full((b, j, 0), _RANGE)
+    if bi.size:
+        lo, hi = grid[ti], grid[ti + 1]
+        th_a, th_b = theta[bi, ji, ti], theta[bi, ji, ti + 1]
+        cell = 2 * math.pi / _THETA_GRID
+        wsel = (w1[bi], w2[bi], sd[bi], rho[bi])
+        for _ in range(45):  # bisection on which branch wins (A at lo, B at hi)
+            mid = 0.5 * (lo + hi)
+            a = -(((wsel[0] + wsel[1]) * mu)[:, None] + sigma * (wsel[2][:, None] * mid[:, None]
+                                                                 + wsel[1][:, None] * dev[ji]))
+            th_a = _ellipse_refine(a, wsel[3], tau, th_a, th_a - cell, th_a + cell)
+            th_b = _ellipse_refine(a, wsel[3], tau, th_b, th_b - cell, th_b + cell)
+            a_wins = _ellipse_value(a, wsel[3], tau, th_a) >= _ellipse_value(a, wsel[3], tau, th_b)
+            lo, hi = np.where(a_wins, mid, lo), np.where(a_wins, hi, mid)
+            if np.all(hi - lo <= 1e-13):
+                break
+        counts = np.zeros((b, j), dtype=int)
+        np.add.at(counts, (bi, ji), 1)
+        bps = np.full((b, j, counts.max()), _RANGE)
+        order = np.lexsort((ti, ji, bi))
+        bi, ji, mid = bi[order], ji[order], (0.5 * (lo + hi))[order]
+        first = np.concatenate([[0], np.cumsum(counts.ravel())[:-1]]).reshape(b, j)
+        slot = np.arange(bi.size) - first[bi, ji]
+        bps[bi, ji, slot] = mid
+    width = min(2.0, 4.0 * h)
+    n_panel = int(math.ceil(2 * _RANGE / width))
+    fixed = np.linspace(-_RANGE, _RANGE, n_panel + 1)
+    edges = np.sort(np.concatenate([np.broadcast_to(fixed, (b, j) + fixed.shape), bps], -1), -1)
+    lo_e, hi_e = edges[..., :-1], edges[..., 1:]
+    t, wt = np.polynomial.legendre.leggauss(16 if offset else _GL_NODES)
+    half, mid_e = 0.5 * (hi_e - lo_e), 0.5 * (hi_e + lo_e)
+    xi = (mid_e[..., None] + half[..., None] * t).reshape(b, j, -1)
+    wgt = (half[..., None] * wt).reshape(xi.shape) * np.exp(-0.5 * xi * xi) / math.sqrt(2 * math.pi)
+    return xi, wgt
 
 
 def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, eps, levels: tuple[int, int],
@@ -888,10 +962,10 @@ def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, ep
     :func:`_ellipse`), and it is convex there, so the adversary's maximum lies on the ellipse's boundary: a
     periodic function of one angle, maximised per node (:func:`_ellipse_argmax`: sampling then Newton). The
     maximiser depends on xi and eta (the true logit's fixed 0 and the smoothing term break the hard-label
-    reduction), and where two local maxima tie the integrand has a kink (at eta = 0, and along curves that
-    are not located): the (xi, eta) trapezoid rule then converges algebraically, which its error estimate
-    shows (Gauss-Legendre on the eta half-line, as in :func:`joint_l2_eval`, was tried: the xi kinks dominate
-    and the larger rule only reached the node budget sooner). Derivatives as in :func:`joint_l2_eval`
+    reduction), and where two local maxima tie the integrand has a kink. Every xi line is split at those ties
+    (:func:`_l2_soft_xi_nodes`; ``_L2_SOFT_SPLIT``), Gauss-Legendre per piece; eta keeps the trapezoid. Before
+    the split (2026-11-27) the kinks left the optimal weights with w_error up to 3e-2 (6.8e-3 at eps 0.3);
+    now ~1e-5. Derivatives as in :func:`joint_l2_eval`
     (envelope theorem; Hessian ``G_ww - G_wt G_tw / G_tt`` through the angle), by autograd per node.
     """
     import torch
@@ -899,28 +973,38 @@ def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, ep
     if k != 3:
         raise ValueError(f"joint l2 is computed for K = 3 only; got K = {k}")
     tau = alpha / k
-    xi, wxi, dev, weta = rule(k, *levels, offset)
     b = w1.size
-    wn = np.outer(wxi, weta).ravel()
-    xi_n, dev_n = np.repeat(xi, weta.size), np.tile(dev, (xi.size, 1))
+    if _L2_SOFT_SPLIT:
+        _, _, dev_1, weta = rule(k, *levels, offset)
+        xi3, w3 = _l2_soft_xi_nodes(mu, sigma, tau, w1, w2, eps, dev_1, levels[0], offset)
+        m = xi3.shape[-1]
+        xi_n = xi3.reshape(b, -1)                                                      # (B, N)
+        wn = (w3 * weta[None, :, None]).reshape(b, -1)
+        dev_n = np.repeat(dev_1, m, axis=0)
+    else:
+        xi, wxi, dev, weta = rule(k, *levels, offset)
+        xi_n = np.broadcast_to(np.repeat(xi, weta.size), (b, xi.size * weta.size))
+        wn = np.broadcast_to(np.outer(wxi, weta).ravel(), xi_n.shape)
+        dev_n = np.tile(dev, (xi.size, 1))
     sd = np.sqrt(w1 * w1 + w2 * w2 / (k - 1))
-    margins = (((w1 + w2) * mu)[:, None, None] + sigma * (sd[:, None, None] * xi_n[None, :, None]
+    margins = (((w1 + w2) * mu)[:, None, None] + sigma * (sd[:, None, None] * xi_n[..., None]
                                                           + w2[:, None, None] * dev_n[None]))    # (B, N, 2)
     rho = np.sqrt(w1 * w1 + w2 * w2) * eps
     theta = _ellipse_argmax(-margins, np.broadcast_to(rho[:, None], margins.shape[:2]), tau)   # (B, N)
 
-    xi_t, dev_t, wn_t = torch.from_numpy(xi_n), torch.from_numpy(dev_n), torch.from_numpy(wn)
+    xi_t, dev_t, wn_t = torch.from_numpy(np.ascontiguousarray(xi_n)), torch.from_numpy(dev_n), \
+        torch.from_numpy(np.ascontiguousarray(wn))
     eps_t = torch.from_numpy(np.asarray(eps, dtype=np.float64))[:, None]
     r2, r3 = math.sqrt(2.0), math.sqrt(3.0)
 
     def value(w1_t, w2_t, th):  # (B, N)
         sd_t = torch.sqrt(w1_t * w1_t + w2_t * w2_t / (k - 1) + _TINY)
-        m = ((w1_t + w2_t) * mu)[..., None] + sigma * (sd_t[..., None] * xi_t[:, None] + w2_t[..., None] * dev_t)
+        m = ((w1_t + w2_t) * mu)[..., None] + sigma * (sd_t[..., None] * xi_t[..., None] + w2_t[..., None] * dev_t)
         x = torch.stack([(r3 * torch.cos(th) + torch.sin(th)) / r2, (r3 * torch.cos(th) - torch.sin(th)) / r2], -1)
         z = -m + (torch.sqrt(w1_t * w1_t + w2_t * w2_t + _TINY) * eps_t)[..., None] * x
         zero = torch.zeros_like(z[..., :1])
         return torch.logsumexp(torch.cat([zero, z], -1), -1) - tau * z.sum(-1)
 
-    w1_b = torch.from_numpy(np.asarray(w1, dtype=np.float64))[:, None].expand(b, wn.size)
-    w2_b = torch.from_numpy(np.asarray(w2, dtype=np.float64))[:, None].expand(b, wn.size)
+    w1_b = torch.from_numpy(np.asarray(w1, dtype=np.float64))[:, None].expand(b, xi_n.shape[1])
+    w2_b = torch.from_numpy(np.asarray(w2, dtype=np.float64))[:, None].expand(b, xi_n.shape[1])
     return _envelope_eval(value, w1_b, w2_b, torch.from_numpy(theta), wn_t, order)

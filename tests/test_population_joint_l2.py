@@ -226,5 +226,9 @@ def test_joint_l2_label_smoothing_matches_monte_carlo_and_the_logitwise_bound():
 
 def test_joint_l2_label_smoothing_derivatives_match_finite_differences():
     form = Formalisation(attack="joint", norm="l2", alpha=0.2)
+    # the rule's xi lines are split at the adversary's ties, located by bisection to 1e-13, so its nodes move
+    # with w and its value carries ~1e-12 of noise: a step of 1e-4 keeps that below 1e-8 in the differences
+    # (truncation ~h^2 times the third derivative ~ 1e-9, measured 2e-10). The Hessian is the envelope one,
+    # without the moving ties' terms (population._with_tie_hessian says why), so it is not checked here
     for w1, w2, eps in ((1.7, 0.9, 0.3), (1.2, -0.5, 0.2)):
-        assert_derivatives_match_fd(PAPER3, form, w1, w2, eps, hess_tol=1e-5)
+        assert_derivatives_match_fd(PAPER3, form, w1, w2, eps, h=1e-4, hess_tol=None)
