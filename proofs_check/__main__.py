@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "label smoothing (--alpha is then unused); a sharp teacher (|A|/T large) is slow")
     p.add_argument("--joint-l2-soft", action="store_true",
                    help="also compute claim 3 for joint l2 (the adversary's maximum is searched per quadrature "
-                        "node: about 40 s per weight constraint)")
+                        "node and its ties located: about 2 min per weight constraint)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
