@@ -462,6 +462,13 @@ def _joint_xi_nodes(k: int, mu: float, sigma: float, alpha: float, w1, w2, sd, r
     bps = np.where(ok, xi_cross, _RANGE)
     m = int(ok.sum(-1).max()) if ok.size else 0
     bps = np.sort(bps, axis=-1)[..., :m]                                      # (B, J, m), padding at +8
+    return _split_line_nodes(bps, level_xi, offset)
+
+
+def _split_line_nodes(bps: np.ndarray, level_xi: int, offset: bool) -> tuple[np.ndarray, np.ndarray]:
+    """xi nodes (B, J, M) and Gauss-Legendre weights times phi of lines cut into panels of width <= 4 h (h the
+    trapezoid step of this level) and at the breakpoints ``bps`` (B, J, m; padding at +8 adds empty panels).
+    12 nodes per piece (16 for the shifted, verifying rule)."""
     width = min(2.0, 4.0 * h_of(level_xi))
     n_panel = int(math.ceil(2 * _RANGE / width))
     fixed = np.linspace(-_RANGE, _RANGE, n_panel + 1)
@@ -819,7 +826,6 @@ def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, level
 
 
 # -- joint l2 with label smoothing (K = 3): the adversary on an ellipse --------------------------------------
-_L2_SOFT_SPLIT = True  # joint l2 + label smoothing: xi lines split at the adversary's ties (else trapezoid)
 _THETA_GRID = 96  # samples of the ellipse per node before Newton refinement of the best local maxima
 
 
@@ -891,6 +897,13 @@ def _ellipse_argmax(a: np.ndarray, rho: np.ndarray, tau: float) -> np.ndarray:
     return np.take_along_axis(theta, val.argmax(-1)[..., None], axis=-1)[..., 0]
 
 
+def _l2_neg_margins(mu: float, sigma: float, w1, w2, xi, dev) -> np.ndarray:
+    """Minus the two wrong margins ``(w1 + w2) mu + sigma (sd xi + w2 d_k)`` (K = 3), shape (..., 2): w1, w2, xi
+    broadcast to (...), dev (..., 2) the deviations d."""
+    sd = np.sqrt(w1 * w1 + w2 * w2 / 2)
+    return -(((w1 + w2) * mu)[..., None] + sigma * ((sd * xi)[..., None] + np.asarray(w2)[..., None] * dev))
+
+
 def _l2_soft_xi_nodes(mu: float, sigma: float, tau: float, w1, w2, eps, dev: np.ndarray, level_xi: int,
                       offset: bool) -> tuple[np.ndarray, np.ndarray]:
     """xi nodes (B, J, M) and Gauss-Legendre weights times phi (B, J, M) of joint l2 + label smoothing, every
@@ -899,23 +912,17 @@ def _l2_soft_xi_nodes(mu: float, sigma: float, tau: float, w1, w2, eps, dev: np.
     Along a line both wrong margins move with xi alike. The best angle is found on a detection grid of step
     h (the level's trapezoid step); between two neighbours whose angles differ by more than 0.3 rad, the tie
     ``g(theta_A(xi)) = g(theta_B(xi))`` of the two local maxima (each followed by Newton from its side) is
-    bisected to 1e-13 (regula falsi was tried: no faster, the slowest lines set the pace). Lines are then cut
-    into panels of width <= 4 h and at these ties, Gauss-Legendre on each (12 nodes; 16 for the shifted,
-    verifying rule). Ties closer together than h may be missed.
+    bisected to 1e-13 (regula falsi was tried: no faster, the slowest lines set the pace), and the lines are
+    cut there (:func:`_split_line_nodes`). Ties closer together than h may be missed.
     """
     b, j = w1.size, dev.shape[0]
-    sd = np.sqrt(w1 * w1 + w2 * w2 / 2)
     rho = np.sqrt(w1 * w1 + w2 * w2) * eps
-
-    def neg_margins(xi):  # xi (B, J, T) -> a (B, J, T, 2)
-        return -(((w1 + w2) * mu)[:, None, None, None] + sigma * (sd[:, None, None, None] * xi[..., None]
-                                                                  + w2[:, None, None, None] * dev[None, :, None]))
-
     h = h_of(level_xi)
     grid = np.arange(-_RANGE, _RANGE + 0.5 * h, h)
     xi_g = np.broadcast_to(grid, (b, j, grid.size))
     rho_g = np.broadcast_to(rho[:, None, None], xi_g.shape)
-    theta = _ellipse_argmax(neg_margins(xi_g), rho_g, tau)                             # (B, J, T)
+    a_g = _l2_neg_margins(mu, sigma, w1[:, None, None], w2[:, None, None], xi_g, dev[None, :, None])
+    theta = _ellipse_argmax(a_g, rho_g, tau)                                           # (B, J, T)
     jump = np.abs(np.angle(np.exp(1j * (theta[..., 1:] - theta[..., :-1])))) > 0.3
     bi, ji, ti = np.nonzero(jump)
     bps = np.full((b, j, 0), _RANGE)
@@ -923,14 +930,13 @@ def _l2_soft_xi_nodes(mu: float, sigma: float, tau: float, w1, w2, eps, dev: np.
         lo, hi = grid[ti], grid[ti + 1]
         th_a, th_b = theta[bi, ji, ti], theta[bi, ji, ti + 1]
         cell = 2 * math.pi / _THETA_GRID
-        wsel = (w1[bi], w2[bi], sd[bi], rho[bi])
+        w1_s, w2_s, rho_s, dev_s = w1[bi], w2[bi], rho[bi], dev[ji]
         for _ in range(45):  # bisection on which branch wins (A at lo, B at hi)
             mid = 0.5 * (lo + hi)
-            a = -(((wsel[0] + wsel[1]) * mu)[:, None] + sigma * (wsel[2][:, None] * mid[:, None]
-                                                                 + wsel[1][:, None] * dev[ji]))
-            th_a = _ellipse_refine(a, wsel[3], tau, th_a, th_a - cell, th_a + cell)
-            th_b = _ellipse_refine(a, wsel[3], tau, th_b, th_b - cell, th_b + cell)
-            a_wins = _ellipse_value(a, wsel[3], tau, th_a) >= _ellipse_value(a, wsel[3], tau, th_b)
+            a = _l2_neg_margins(mu, sigma, w1_s, w2_s, mid, dev_s)
+            th_a = _ellipse_refine(a, rho_s, tau, th_a, th_a - cell, th_a + cell)
+            th_b = _ellipse_refine(a, rho_s, tau, th_b, th_b - cell, th_b + cell)
+            a_wins = _ellipse_value(a, rho_s, tau, th_a) >= _ellipse_value(a, rho_s, tau, th_b)
             lo, hi = np.where(a_wins, mid, lo), np.where(a_wins, hi, mid)
             if np.all(hi - lo <= 1e-13):
                 break
@@ -942,16 +948,7 @@ def _l2_soft_xi_nodes(mu: float, sigma: float, tau: float, w1, w2, eps, dev: np.
         first = np.concatenate([[0], np.cumsum(counts.ravel())[:-1]]).reshape(b, j)
         slot = np.arange(bi.size) - first[bi, ji]
         bps[bi, ji, slot] = mid
-    width = min(2.0, 4.0 * h)
-    n_panel = int(math.ceil(2 * _RANGE / width))
-    fixed = np.linspace(-_RANGE, _RANGE, n_panel + 1)
-    edges = np.sort(np.concatenate([np.broadcast_to(fixed, (b, j) + fixed.shape), bps], -1), -1)
-    lo_e, hi_e = edges[..., :-1], edges[..., 1:]
-    t, wt = np.polynomial.legendre.leggauss(16 if offset else _GL_NODES)
-    half, mid_e = 0.5 * (hi_e - lo_e), 0.5 * (hi_e + lo_e)
-    xi = (mid_e[..., None] + half[..., None] * t).reshape(b, j, -1)
-    wgt = (half[..., None] * wt).reshape(xi.shape) * np.exp(-0.5 * xi * xi) / math.sqrt(2 * math.pi)
-    return xi, wgt
+    return _split_line_nodes(bps, level_xi, offset)
 
 
 def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, eps, levels: tuple[int, int],
@@ -963,7 +960,7 @@ def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, ep
     periodic function of one angle, maximised per node (:func:`_ellipse_argmax`: sampling then Newton). The
     maximiser depends on xi and eta (the true logit's fixed 0 and the smoothing term break the hard-label
     reduction), and where two local maxima tie the integrand has a kink. Every xi line is split at those ties
-    (:func:`_l2_soft_xi_nodes`; ``_L2_SOFT_SPLIT``), Gauss-Legendre per piece; eta keeps the trapezoid. Before
+    (:func:`_l2_soft_xi_nodes`), Gauss-Legendre per piece; eta keeps the trapezoid. Before
     the split (2026-11-27) the kinks left the optimal weights with w_error up to 3e-2 (6.8e-3 at eps 0.3);
     now ~1e-5. Derivatives as in :func:`joint_l2_eval`
     (envelope theorem; Hessian ``G_ww - G_wt G_tw / G_tt`` through the angle), by autograd per node.
@@ -974,26 +971,16 @@ def joint_l2_soft_eval(k: int, mu: float, sigma: float, alpha: float, w1, w2, ep
         raise ValueError(f"joint l2 is computed for K = 3 only; got K = {k}")
     tau = alpha / k
     b = w1.size
-    if _L2_SOFT_SPLIT:
-        _, _, dev_1, weta = rule(k, *levels, offset)
-        xi3, w3 = _l2_soft_xi_nodes(mu, sigma, tau, w1, w2, eps, dev_1, levels[0], offset)
-        m = xi3.shape[-1]
-        xi_n = xi3.reshape(b, -1)                                                      # (B, N)
-        wn = (w3 * weta[None, :, None]).reshape(b, -1)
-        dev_n = np.repeat(dev_1, m, axis=0)
-    else:
-        xi, wxi, dev, weta = rule(k, *levels, offset)
-        xi_n = np.broadcast_to(np.repeat(xi, weta.size), (b, xi.size * weta.size))
-        wn = np.broadcast_to(np.outer(wxi, weta).ravel(), xi_n.shape)
-        dev_n = np.tile(dev, (xi.size, 1))
-    sd = np.sqrt(w1 * w1 + w2 * w2 / (k - 1))
-    margins = (((w1 + w2) * mu)[:, None, None] + sigma * (sd[:, None, None] * xi_n[..., None]
-                                                          + w2[:, None, None] * dev_n[None]))    # (B, N, 2)
+    _, _, dev_1, weta = rule(k, *levels, offset)
+    xi3, w3 = _l2_soft_xi_nodes(mu, sigma, tau, w1, w2, eps, dev_1, levels[0], offset)
+    xi_n = xi3.reshape(b, -1)                                                          # (B, N)
+    wn = (w3 * weta[None, :, None]).reshape(b, -1)
+    dev_n = np.repeat(dev_1, xi3.shape[-1], axis=0)                                    # (N, 2)
+    neg_margins = _l2_neg_margins(mu, sigma, w1[:, None], w2[:, None], xi_n, dev_n[None])   # (B, N, 2)
     rho = np.sqrt(w1 * w1 + w2 * w2) * eps
-    theta = _ellipse_argmax(-margins, np.broadcast_to(rho[:, None], margins.shape[:2]), tau)   # (B, N)
+    theta = _ellipse_argmax(neg_margins, np.broadcast_to(rho[:, None], neg_margins.shape[:2]), tau)   # (B, N)
 
-    xi_t, dev_t, wn_t = torch.from_numpy(np.ascontiguousarray(xi_n)), torch.from_numpy(dev_n), \
-        torch.from_numpy(np.ascontiguousarray(wn))
+    xi_t, dev_t, wn_t = torch.from_numpy(xi_n), torch.from_numpy(dev_n), torch.from_numpy(wn)
     eps_t = torch.from_numpy(np.asarray(eps, dtype=np.float64))[:, None]
     r2, r3 = math.sqrt(2.0), math.sqrt(3.0)
 
