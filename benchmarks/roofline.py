@@ -79,6 +79,16 @@ class Tally:
         entry[0] += flops
         entry[1] += nbytes
 
+    def merge(self, other: Tally) -> None:
+        """Add another tally's counts (the same rates) to this one."""
+        self.flops += other.flops
+        self.bytes += other.bytes
+        self.roofline_s += other.roofline_s
+        for name, (flops, nbytes) in other.by_op.items():
+            entry = self.by_op.setdefault(name, [0.0, 0.0])
+            entry[0] += flops
+            entry[1] += nbytes
+
     def scaled(self, factor: float) -> Tally:
         return Tally(self.peak_flops, self.bandwidth, self.flops * factor, self.bytes * factor,
                      self.roofline_s * factor, {k: [v[0] * factor, v[1] * factor] for k, v in self.by_op.items()})
@@ -146,13 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     train = step_tally(model, args.batch, (3, 32, 32), attack=False, amp=not args.fp32, **rates)
     epoch = Tally(**rates)
     for tally, count in ((attack, args.steps * args.n), (train, args.n)):
-        for name, (flops, nbytes) in tally.scaled(count).by_op.items():
-            epoch.by_op.setdefault(name, [0.0, 0.0])
-            epoch.by_op[name][0] += flops
-            epoch.by_op[name][1] += nbytes
-        epoch.flops += tally.flops * count
-        epoch.bytes += tally.bytes * count
-        epoch.roofline_s += tally.roofline_s * count
+        epoch.merge(tally.scaled(count))
     compute_s, memory_s = epoch.flops / rates["peak_flops"], epoch.bytes / rates["bandwidth"]
     print(f"{args.arch}, PGD-{args.steps}, n={args.n}, {'fp32' if args.fp32 else 'bf16 autocast'}, channels_last; "
           f"{args.peak_tflops:g} TFLOP/s, {args.bandwidth_tbs:g} TB/s")

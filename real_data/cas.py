@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                "robust_acc": ev.robust_acc, "cas": _finite(ev.attribution.cas), "n": ev.n, "norm": args.norm,
                "eps": eps, "steps": args.steps}
         if backend is not None:
-            n = args.n or data.x_test.shape[0]
+            n = ev.n  # the images PGD evaluated
             row.update(autoattack_acc=math.nan, autoattack=f"{backend}:{args.autoattack_version}")
             try:
                 correct = autoattack_correct(model, data.x_test[:n].to(device), data.y_test[:n].to(device),
