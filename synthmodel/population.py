@@ -506,8 +506,9 @@ def _np_batch(*arrays) -> list[np.ndarray]:
 
 _JOINT_SPLIT = True  # joint + label smoothing: Gauss-Legendre on xi pieces between tie points (else trapezoid)
 _NODE_BUDGET = 200_000  # nodes of one rule; beyond this refinement stops and the larger error estimate is kept
-# joint l2 + label smoothing: kinks where two of the adversary's maxima tie make the rule converge only
-# algebraically (~1e-7 at 1e5 nodes), and each node runs a 1-d maximisation: stop refining earlier
+# joint l2 + label smoothing: each node runs a 1-d maximisation and each xi line a search for the ties of
+# the adversary's maxima (located there since 2026-11-27; in eta the trapezoid still meets the kink at eta = 0,
+# so it converges only algebraically): stop refining earlier
 _NODE_BUDGET_KINKED = 40_000
 
 
