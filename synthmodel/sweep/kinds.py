@@ -17,92 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ..schema import MISSING, Param
 
 __all__ = ["Param", "PointKind", "KINDS", "register_kind", "get_kind", "normalize_params", "point_hash",
            "STORE_SCHEMA", "HISTORY_KEY", "MISSING"]
 
 STORE_SCHEMA = 1          # bump when the store's tables or the hashing change
 HISTORY_KEY = "_history"  # the one non-scalar entry a results dict may carry
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()  # a Param default meaning "not filled in when absent"
-
-_TYPES = ("float", "int", "str", "bool", "int_list")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One accepted key of a point kind.
-
-    Args:
-        type: 'float' | 'int' | 'str' | 'bool' | 'int_list'.
-        default: value filled in when a grid omits the key (MISSING: left out); None allowed if nullable.
-        choices: closed set of allowed values (None: any value of the type passing ``check``).
-        check: predicate on the coerced value; ``rule`` describes it for error messages (e.g. '>= 0').
-        nullable: None is an allowed value.
-    """
-
-    type: str
-    default: Any = MISSING
-    choices: tuple | None = None
-    check: Callable[[Any], bool] | None = None
-    rule: str = ""
-    nullable: bool = False
-
-    def __post_init__(self) -> None:
-        if self.type not in _TYPES:
-            raise ValueError(f"Param type must be one of {', '.join(_TYPES)}, got {self.type!r}")
-
-    def allowed(self) -> str:
-        """Human description of the allowed values."""
-        if self.choices is not None:
-            text = ", ".join(json.dumps(c) for c in self.choices)
-        else:
-            text = {"float": "a finite number", "int": "an integer", "str": "a string", "bool": "true or false",
-                    "int_list": "a list of integers"}[self.type]
-            if self.rule:
-                text += f" {self.rule}"
-        return text + (" (or omitted)" if self.nullable else "")
-
-    def coerce(self, key: str, value: Any) -> Any:
-        """The canonical value, or ValueError naming ``key`` and the allowed values."""
-        bad = ValueError(f"{key}={json.dumps(value, default=str)} is not allowed: {key} must be {self.allowed()}")
-        if value is None:
-            if self.nullable:
-                return None
-            raise bad
-        if self.type == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad
-            value = float(value)
-        elif self.type == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise bad
-        elif self.type == "str":
-            if not isinstance(value, str):
-                raise bad
-        elif self.type == "bool":
-            if not isinstance(value, bool):
-                raise bad
-        else:  # int_list
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                               for v in value):
-                raise bad
-            value = [int(v) for v in value]
-        if self.choices is not None and value not in self.choices:
-            raise bad
-        if self.check is not None and not self.check(value):
-            raise bad
-        return value
 
 
 @dataclass(frozen=True)
