@@ -6,12 +6,16 @@ noise), so a few steps of training lower the loss.
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["fake_images", "write_cifar10", "write_cifar100", "write_npz"]
+__all__ = ["fake_images", "write_cifar10", "write_cifar100", "write_npz", "write_idx_file", "write_idx_set"]
+
+_IDX_TYPE_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
+                   np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
 
 
 def fake_images(labels: np.ndarray, palette: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
@@ -82,3 +86,33 @@ def write_npz(path: str | Path, n_train: int = 40, n_test: int = 20, n_classes: 
     np.savez(path, x_train=x_train[order], y_train=y_train[order].astype(np.int64), x_test=x_test,
              y_test=y_test.astype(np.int64))
     return path
+
+
+def write_idx_file(path: str | Path, array: np.ndarray, compress: bool = False) -> Path:
+    """Write ``array`` as one IDX file: magic (two zero bytes, type code, dimension count), big-endian
+    uint32 sizes, big-endian values; gzipped if ``compress``."""
+    path = Path(path)
+    big = array.astype(array.dtype.newbyteorder(">"))
+    code = _IDX_TYPE_CODES[big.dtype]
+    blob = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes() + big.tobytes()
+    path.write_bytes(gzip.compress(blob, mtime=0) if compress else blob)
+    return path
+
+
+def write_idx_set(folder: str | Path, per_class: int = 3, test_per_class: int = 2, shape: tuple[int, int] = (28, 28),
+                  compress: bool = True, seed: int = 0) -> Path:
+    """Write the four Fashion-MNIST / MNIST IDX files (10 classes, uint8 grey images) into ``folder``.
+
+    Names as upstream (``train-images-idx3-ubyte`` ...), with ``.gz`` when ``compress``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    palette = rng.uniform(30, 225, size=(10, 1))
+    suffix = ".gz" if compress else ""
+    for prefix, count in (("train", per_class), ("t10k", test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(10), count)).astype(np.uint8)
+        images = fake_images(labels, palette, shape, rng)[..., 0]
+        write_idx_file(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx_file(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
+    return folder

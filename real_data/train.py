@@ -39,7 +39,7 @@ from synthmodel.losses import check_alpha, robust_objective, trades_attack_loss,
 from synthmodel.sample import derive_seed
 from synthmodel.train import settings_from_dict
 
-from .data import ImageData, augment, load_dataset, to_float
+from .data import DATASET_SPECS, ImageData, augmentation_defaults, load_dataset, to_float, train_subset
 from .evaluate import ThreatModel, evaluate
 from .graphs import GraphedPGD
 from .models import ARCHS, ImageClassifier, build_arch, load_weights
@@ -77,7 +77,8 @@ _DEFAULT_STEP = {"linf": 2.0, "l2": 16.0}
 class TrainConfig:
     """Everything that determines a run's result (units in comments). Defaults: the official recipe."""
 
-    dataset: str                        # cifar10:DIR | cifar100:DIR | npz:FILE
+    dataset: str                        # see real_data.data.DATASET_SPECS
+    train_n: int = 0                    # seeded, stratified subset of the training split (0 = all of it)
     arch: str = "preact-resnet18"       # see real_data.models.ARCHS
     width: int = 32                     # channels of small-cnn's first stage (other archs ignore it)
     mode: str = "at"                    # standard | at | trades | kd
@@ -103,7 +104,7 @@ class TrainConfig:
     schedule: str = "step"              # step | cosine | constant
     milestones: tuple[int, ...] | None = None  # step schedule: epochs where lr *= gamma; None = 50% and 75%
     gamma: float = 0.1
-    augment: bool = True                # random crop (4 px reflect) + horizontal flip
+    augment: bool = True                # the data set's default augmentation (real_data.data.AUGMENTATIONS)
     seed: int = 0
     save_every: int = 10                # epoch_NNN.pt every this many epochs (0 = never)
     precision: str = "auto"             # auto (bf16 autocast on CUDA) | bf16 | fp32
@@ -167,8 +168,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "steps", "eval_steps", "eval_batch_size", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_n < 0 or self.save_every < 0:
-            raise ValueError("eval_n and save_every must be >= 0")
+        if self.eval_n < 0 or self.save_every < 0 or self.train_n < 0:
+            raise ValueError("eval_n, save_every and train_n must be >= 0")
         check_alpha(self.label_smoothing)
         if self.mode == Mode.KD.value and not self.teacher:
             raise ValueError("mode kd needs --teacher CHECKPOINT")
@@ -213,14 +214,15 @@ class Trainer:
         self.config = config.validate()
         self.device = device
         self.progress = progress
-        self.data = data.to(device)
+        self.data = train_subset(data, config.train_n, derive_seed(config.seed, "train-n")).to(device)
         self.amp_dtype = precision_dtype(config.precision, device)
         self.channels_last = use_channels_last(config.memory_format, device)
         c, h, w = data.image_shape
         if config.eval_n > data.x_test.shape[0]:
             raise ValueError(f"eval_n {config.eval_n} exceeds the {data.x_test.shape[0]} test images of {data.name}")
-        if min(h, w) <= 4 and config.augment:
-            raise ValueError(f"images of {h}x{w} are too small for 4-pixel crop augmentation (use --no-augment)")
+        if min(h, w) <= data.augmentation.padding and config.augment:
+            raise ValueError(f"images of {h}x{w} are too small for {data.augmentation.padding}-pixel crop augmentation "
+                             "(use --no-augment)")
         self.model = build_arch(config.arch, n_classes=data.n_classes, in_channels=c, mean=data.mean, std=data.std,
                                 seed=derive_seed(config.seed, "init"), **_arch_options(config.arch, config.width))
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
@@ -314,7 +316,7 @@ class Trainer:
         for start in starts:
             idx = order[start:start + c.batch_size]
             batch = images[idx]
-            x = augment(batch, self.generators["augment"]) if c.augment else to_float(batch)
+            x = self.data.augmentation.apply(batch, self.generators["augment"]) if c.augment else to_float(batch)
             x = x if self.channels_last else x.contiguous()
             y = labels[idx]
             with autocast(self.device, self.amp_dtype):
@@ -445,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "paper's official recipe as the default; per-epoch PGD-20 test "
                                    "evaluation, CSV log, best/last/every-k checkpoints, resumable.")
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", required=True, help="cifar10:DIR | cifar100:DIR | npz:FILE")
+    g.add_argument("--dataset", required=True, help=DATASET_SPECS)
+    g.add_argument("--train-n", type=int, default=d.train_n, metavar="N",
+                   help="train on a seeded, class-stratified subset of N training images (default 0: all)")
     g.add_argument("--arch", choices=list(ARCHS), default=d.arch)
     g.add_argument("--width", type=int, default=d.width, help="small-cnn first-stage channels (default %(default)s)")
     g = p.add_argument_group("objective")
@@ -480,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--milestones", type=int, nargs="+", default=None,
                    help="step schedule epochs (default 50%% and 75%% of --epochs)")
     g.add_argument("--gamma", type=float, default=d.gamma, help="lr factor at each milestone")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help=f"no augmentation; default per data set: {augmentation_defaults()}")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("speed")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
