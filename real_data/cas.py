@@ -9,9 +9,13 @@ official script it uses *every* test image (it drops the last ``n mod 100`` of e
 runs on CPU as well as CUDA. Every checkpoint is attacked with the same random-start stream
 (seeded by ``--seed``), so differences between checkpoints are not differences of luck.
 
-Checkpoints: this package's files, or the official code's bare PreActResNet-18 state_dicts
-(``model_best.pth``, ``model_last.pth``, also with DataParallel ``module.`` prefixes), all read with
-``torch.load(weights_only=True)``.
+Checkpoints: this package's files, the official code's bare PreActResNet-18 state_dicts
+(``model_best.pth``, ``model_last.pth``), and the containers of the common AT codebases
+(robust_overfitting, adversarial_robustness_pytorch, MadryLab robustness, TRADES, RobustBench;
+``--arch wrn-D-W`` for their WideResNets), all read with ``torch.load(weights_only=True)``
+(:mod:`real_data.checkpoints`). ``--input-normalization`` says how a foreign network expects its
+inputs (RobustBench and TRADES models: ``none``); the default is the paper's, the data set's
+statistics inside the model.
 
 Output: a table printed (and ``DIR/cas.csv``, which also has the checkpoint's ``epoch``, empty for
 bare state_dicts: ``python -m figures --real DIR`` draws CAS against it), per checkpoint
@@ -44,14 +48,14 @@ from synthmodel.cli import ArgumentParser
 from synthmodel.sample import derive_seed
 
 from .autoattack import BACKENDS, VERSIONS, autoattack_correct, find_backend
-from .data import ImageData, load_dataset
+from .checkpoints import NORMALIZATIONS, input_normalization_arg, model_from_checkpoint
+from .data import DATASET_SPECS, ImageData, load_dataset
 from .evaluate import Evaluation, ThreatModel, evaluate
 from .graphs import GraphedPGD
-from .models import ARCHS, ImageClassifier
+from .models import ARCH_NAMES, ImageClassifier, arch_name
 from .runtime import (
     MEMORY_FORMATS,
     PRECISIONS,
-    model_from_checkpoint,
     precision_dtype,
     resolve_device,
     save_figure_atomic,
@@ -105,11 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Clean accuracy, PGD robust accuracy, class matrix C and CAS of each "
                                    "checkpoint on the full test split.")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE",
-                   help="real_data checkpoints or official bare state_dicts")
-    p.add_argument("--dataset", required=True, help="cifar10:DIR | cifar100:DIR | npz:FILE")
-    p.add_argument("--arch", choices=list(ARCHS), default="preact-resnet18",
-                   help="architecture of bare state_dicts (default %(default)s, the official code's)")
-    p.add_argument("--width", type=int, default=32, help="small-cnn width of bare state_dicts")
+                   help="real_data checkpoints, the official code's state_dicts, or the checkpoints of the common "
+                        "AT codebases (see real_data/README.md)")
+    p.add_argument("--dataset", required=True, help=DATASET_SPECS)
+    p.add_argument("--arch", type=arch_name, default="preact-resnet18", metavar="ARCH",
+                   help=f"architecture of foreign checkpoints: {ARCH_NAMES} (default %(default)s, the official "
+                        "code's)")
+    p.add_argument("--width", type=int, default=32, help="small-cnn width of foreign checkpoints")
+    p.add_argument("--input-normalization", type=input_normalization_arg, default=None, metavar="NORM",
+                   help=f"{NORMALIZATIONS}: the statistics a foreign network normalises its [0, 1] inputs with "
+                        "(RobustBench and TRADES models: none). Default: those stored in the file (real_data, "
+                        "MadryLab robustness), else dataset (the paper's); given, it overrides")
     p.add_argument("--norm", choices=[n.value for n in Norm], default="linf")
     p.add_argument("--eps", type=float, default=None, help="1/255 units (default 8 linf, 128 l2)")
     p.add_argument("--steps", type=int, default=20)
@@ -129,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the authors' autoattack package if installed, else torchattacks")
     p.add_argument("--out", metavar="DIR", help="write cas.csv, matrix_*.csv and heatmaps.png here")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no line per checkpoint loaded")
     return p
 
 
@@ -154,13 +164,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--n {args.n} exceeds the {data.x_test.shape[0]} test images of {args.dataset}")
         options = {"width": args.width} if args.arch == "small-cnn" else {}
         # load every checkpoint first: a bad file fails before any long computation
-        loaded = [model_from_checkpoint(path, data, arch=args.arch, arch_options=options) for path in args.checkpoint]
+        loaded = [model_from_checkpoint(path, data, arch=args.arch, arch_options=options,
+                                        normalization=args.input_normalization) for path in args.checkpoint]
         out = Path(args.out) if args.out else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.quiet:
+        for path, (_, blob) in zip(args.checkpoint, loaded, strict=True):
+            print(f"{path}: {blob['container']}; input normalisation {blob['input_normalization']}", file=sys.stderr)
     amp_dtype = precision_dtype(args.precision, device)
     channels_last = use_channels_last(args.memory_format, device)
     results: list[dict[str, Any]] = []
@@ -172,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                             desc=Path(path).name, pgd_fn=GraphedPGD() if args.cuda_graphs else pgd)
         row = {"checkpoint": str(path), "epoch": blob.get("epoch"), "clean_acc": ev.clean_acc,
                "robust_acc": ev.robust_acc, "cas": _finite(ev.attribution.cas), "n": ev.n, "norm": args.norm,
-               "eps": eps, "steps": args.steps}
+               "eps": eps, "steps": args.steps, "container": blob["container"],
+               "input_normalization": blob["input_normalization"]}
         if backend is not None:
             n = ev.n  # the images PGD evaluated
             row.update(autoattack_acc=math.nan, autoattack=f"{backend}:{args.autoattack_version}")

@@ -13,22 +13,27 @@ Every network here:
   PAPER.md's attribution metric), and ``head``: the final ``nn.Linear`` (K, n), so
   :mod:`synthmodel.attribution` treats them like the synthetic models.
 
-Architectures (registry :data:`ARCHS`): ``preact-resnet18`` (He et al. 2016, the paper's network),
-``resnet18``, ``wrn-34-10`` (Zagoruyko & Komodakis 2016, as used in TRADES) and ``small-cnn`` (a
-fast CPU stand-in). Input channel count, class count and image size come from the data; global
-average pooling makes any image size >= 8 (>= 4 for the small CNN) valid.
+Architectures (registry :data:`ARCHS`, resolved by :func:`arch_constructor`): ``preact-resnet18``
+(He et al. 2016, the paper's network), ``resnet18``, ``wrn-D-W`` (Zagoruyko & Komodakis 2016, any
+depth D = 6n + 4 and width W, in the state_dict layout of the TRADES repository and RobustBench;
+``wrn-34-10`` is the registered default) and ``small-cnn`` (a fast CPU stand-in). Input channel
+count, class count and image size come from the data; global average pooling makes any image size
+>= 8 (>= 4 for the small CNN) valid. Loading checkpoints: :mod:`real_data.checkpoints`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import argparse
+import functools
+import re
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ImageClassifier", "PreActResNet18", "ResNet18", "WideResNet", "SmallCNN", "ARCHS", "build_arch",
-           "load_weights", "strip_prefixes"]
+__all__ = ["ImageClassifier", "PreActResNet18", "ResNet18", "WideResNet", "SmallCNN", "ARCHS", "ARCH_NAMES",
+           "arch_constructor", "arch_name", "build_arch"]
 
 
 class ImageClassifier(nn.Module):
@@ -169,7 +174,11 @@ class ResNet18(ImageClassifier):
 
 # -- WideResNet ---------------------------------------------------------------------------------
 class WideBlock(nn.Module):
-    """Pre-activation wide block (no dropout); the 1x1 ``convShortcut`` acts on the pre-activated input."""
+    """Pre-activation wide block (no dropout): BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, no conv biases.
+
+    Where the channel count changes, the 1x1 ``convShortcut`` (stride, no bias) acts on the
+    pre-activated input ReLU(BN(x)); elsewhere the shortcut is x itself (TRADES / RobustBench layout).
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
@@ -197,11 +206,18 @@ class _WideStage(nn.Module):
 
 
 class WideResNet(ImageClassifier):
-    """WideResNet-depth-widen (default 34-10): stem conv(16), three stages of (depth-4)/6 wide blocks with
-    16k, 32k, 64k channels, final BN-ReLU, global average pooling, ``fc`` head (TRADES-style names)."""
+    """WideResNet-depth-widen (default 34-10): stem ``conv1`` (3x3, 16 channels, no bias), three stages
+    ``block{1,2,3}.layer.{i}`` of (depth - 4) / 6 wide blocks with 16 W, 32 W, 64 W channels (stride 2 at
+    the start of stages 2 and 3), final ``bn1``-ReLU, global average pooling, ``fc`` head (with a bias
+    unless ``head_bias=False``, RobustBench's ``bias_last=False``).
+
+    The key names and shapes are those of the TRADES repository's and RobustBench's WideResNet; their
+    checkpoints' ``sub_block1`` (a copy of ``block1``'s shapes that their forward never uses) is
+    dropped on loading (:func:`real_data.checkpoints.load_weights`).
+    """
 
     def __init__(self, n_classes: int = 10, in_channels: int = 3, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), depth: int = 34, widen: int = 10):
+                 std: Sequence[float] = (1.0, 1.0, 1.0), depth: int = 34, widen: int = 10, head_bias: bool = True):
         super().__init__(mean, std)
         if (depth - 4) % 6 or depth < 10 or widen < 1:
             raise ValueError(f"WideResNet depth must be 6n+4 (>= 10) and widen >= 1, got {depth}, {widen}")
@@ -212,7 +228,8 @@ class WideResNet(ImageClassifier):
         self.block2 = _WideStage(widths[1], widths[2], n, 2)
         self.block3 = _WideStage(widths[2], widths[3], n, 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
-        self.fc = nn.Linear(widths[3], n_classes)
+        self.fc = nn.Linear(widths[3], n_classes, bias=head_bias)
+        self.depth, self.widen = depth, widen
 
     @property
     def head(self) -> nn.Linear:  # type: ignore[override]
@@ -251,61 +268,46 @@ ARCHS: dict[str, Callable[..., ImageClassifier]] = {
     "wrn-34-10": WideResNet,
     "small-cnn": SmallCNN,
 }
+ARCH_NAMES = "preact-resnet18 | resnet18 | small-cnn | wrn-D-W (depth D = 6n+4, width W: wrn-28-10, wrn-34-10, ...)"
+_WRN_NAME = re.compile(r"wrn-(\d+)-(\d+)")
+
+
+def arch_constructor(name: str) -> Callable[..., ImageClassifier]:
+    """The constructor of a registered architecture, or of ``wrn-D-W`` for any depth D = 6n + 4 >= 10 and W >= 1.
+
+    Raises:
+        ValueError: an unknown name or an impossible depth / width.
+    """
+    if name in ARCHS:
+        return ARCHS[name]
+    match = _WRN_NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(f"unknown architecture {name!r}; choose from {ARCH_NAMES}")
+    depth, widen = int(match[1]), int(match[2])
+    if (depth - 4) % 6 or depth < 10 or widen < 1:
+        raise ValueError(f"{name}: WideResNet depth must be 6n+4 (>= 10) and width >= 1, got depth {depth}, "
+                         f"width {widen}")
+    return functools.partial(WideResNet, depth=depth, widen=widen)
+
+
+def arch_name(text: str) -> str:
+    """argparse ``type=`` for architecture names (the message of a bad one reaches the error line)."""
+    try:
+        arch_constructor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def build_arch(name: str, *, n_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float],
                seed: int | None = None, **options: object) -> ImageClassifier:
-    """Build an architecture by registry name; with ``seed`` the initialisation is reproducible.
-
-    The caller's global RNG is left untouched (``fork_rng``).
+    """Build an architecture by name (see :func:`arch_constructor`); with ``seed`` the initialisation is
+    reproducible. The caller's global RNG is left untouched (``fork_rng``).
     """
-    if name not in ARCHS:
-        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHS)}")
+    constructor = arch_constructor(name)
     if len(mean) != in_channels:
         raise ValueError(f"{in_channels} input channels but {len(mean)} normalisation values")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        return ARCHS[name](n_classes=n_classes, in_channels=in_channels, mean=mean, std=std, **options)
-
-
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
-
-
-def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop ``module.`` / ``_orig_mod.`` prefixes that wrappers add, when *every* key carries them."""
-    state = dict(state)
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                changed = True
-    return state
-
-
-def load_weights(model: nn.Module, state: Mapping[str, object], source: str = "checkpoint") -> None:
-    """Load a state_dict into ``model`` strictly, after stripping wrapper prefixes.
-
-    Raises:
-        ValueError: naming the missing, unexpected and wrongly shaped keys (a checkpoint of another
-            architecture or class count), never a half-loaded model.
-    """
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source} does not hold a state_dict of tensors")
-    state = strip_prefixes(state)  # type: ignore[arg-type]
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        def few(items: list[str]) -> str:
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-
-        parts = [f"missing keys {few(missing)}" if missing else "",
-                 f"unexpected keys {few(unexpected)}" if unexpected else "",
-                 f"shape mismatches {few(shapes)}" if shapes else ""]
-        raise ValueError(f"{source} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(state, strict=True)
+        return constructor(n_classes=n_classes, in_channels=in_channels, mean=mean, std=std, **options)

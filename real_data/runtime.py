@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .data import ImageData
-from .models import ImageClassifier, build_arch, load_weights
-
 __all__ = ["resolve_device", "autocast", "Forwards", "model_forwards", "precision_dtype", "use_channels_last",
-           "save_atomic", "save_figure_atomic",
-           "read_checkpoint", "model_from_checkpoint", "CHECKPOINT_FORMAT", "PRECISIONS", "MEMORY_FORMATS"]
+           "save_atomic", "save_figure_atomic", "CHECKPOINT_FORMAT", "PRECISIONS", "MEMORY_FORMATS"]
 
 CHECKPOINT_FORMAT = "real_data-checkpoint-1"
 DEVICES = ("auto", "cpu", "cuda")
@@ -131,59 +127,3 @@ def save_figure_atomic(fig: Any, path: str | Path, dpi: int) -> None:
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file safely (weights_only=True) onto the CPU.
-
-    Returns:
-        this package's dict as written, or for an official bare state_dict
-        ``{"format": "state_dict", "model": state}``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for corrupt or unsafe files
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ValueError(f"checkpoint {path} is not a safe, readable torch file ({exc.__class__.__name__}: "
-                         f"{first})") from None
-    if isinstance(blob, Mapping) and blob.get("format") == CHECKPOINT_FORMAT:
-        return dict(blob)
-    if isinstance(blob, Mapping) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
-        return {"format": "state_dict", "model": dict(blob)}
-    if isinstance(blob, Mapping) and isinstance(blob.get("state_dict"), Mapping):
-        return {"format": "state_dict", "model": dict(blob["state_dict"])}
-    raise ValueError(f"checkpoint {path} is neither a real_data checkpoint nor a state_dict")
-
-
-def model_from_checkpoint(path: str | Path, data: ImageData | None = None, arch: str = "preact-resnet18",
-                          arch_options: Mapping[str, Any] | None = None) -> tuple[ImageClassifier, dict[str, Any]]:
-    """Rebuild a model (CPU, eval mode) from a checkpoint of either kind.
-
-    Args:
-        path: the file.
-        data: the data set (required for bare state_dicts: class count, channels, mean/std; for this
-            package's files it is checked against the stored class count).
-        arch: architecture of a bare state_dict (default the paper's PreActResNet-18).
-        arch_options: options of that architecture (e.g. ``{"width": 8}`` for small-cnn).
-
-    Returns:
-        (model, blob) where blob is what :func:`read_checkpoint` returned.
-    """
-    blob = read_checkpoint(path)
-    if blob["format"] == CHECKPOINT_FORMAT:
-        n_classes, in_channels = int(blob["n_classes"]), int(blob["in_channels"])
-        if data is not None and (data.n_classes != n_classes or data.image_shape[0] != in_channels):
-            raise ValueError(f"checkpoint {path} is for {n_classes} classes / {in_channels} channels, the data set "
-                             f"{data.name} has {data.n_classes} / {data.image_shape[0]}")
-        model = build_arch(blob["arch"], n_classes=n_classes, in_channels=in_channels, mean=tuple(blob["mean"]),
-                           std=tuple(blob["std"]), **dict(blob.get("arch_options") or {}))
-    else:
-        if data is None:
-            raise ValueError(f"checkpoint {path} is a bare state_dict: give the data set to rebuild its model")
-        model = build_arch(arch, n_classes=data.n_classes, in_channels=data.image_shape[0], mean=data.mean,
-                           std=data.std, **dict(arch_options or {}))
-    load_weights(model, blob["model"], source=f"checkpoint {path}")
-    return model.eval(), blob

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from synthmodel.attacks import preserve_mode
 from synthmodel.cli import ArgumentParser
 
-from .data import ImageData, load_dataset, to_float
-from .models import ARCHS, ImageClassifier
-from .runtime import model_from_checkpoint, resolve_device, save_figure_atomic
+from .checkpoints import NORMALIZATIONS, input_normalization_arg, model_from_checkpoint
+from .data import DATASET_SPECS, ImageData, load_dataset, to_float
+from .models import ARCH_NAMES, ImageClassifier, arch_name
+from .runtime import resolve_device, save_figure_atomic
 
 __all__ = ["grad_cam", "saliency_grid", "build_parser", "main"]
 
@@ -89,11 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Grad-CAM maps of chosen test images under each checkpoint (e.g. best "
                                    "vs last), as one PNG grid.")
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE")
-    p.add_argument("--dataset", required=True, help="cifar10:DIR | cifar100:DIR | npz:FILE")
+    p.add_argument("--dataset", required=True, help=DATASET_SPECS)
     p.add_argument("--indices", type=int, nargs="+", default=[0, 1, 2, 3], help="test image indices")
     p.add_argument("--target", choices=("label", "predicted"), default="label", help="class the map explains")
-    p.add_argument("--arch", choices=list(ARCHS), default="preact-resnet18", help="architecture of bare state_dicts")
-    p.add_argument("--width", type=int, default=32, help="small-cnn width of bare state_dicts")
+    p.add_argument("--arch", type=arch_name, default="preact-resnet18", metavar="ARCH",
+                   help=f"architecture of foreign checkpoints: {ARCH_NAMES} (default %(default)s)")
+    p.add_argument("--width", type=int, default=32, help="small-cnn width of foreign checkpoints")
+    p.add_argument("--input-normalization", type=input_normalization_arg, default=None, metavar="NORM",
+                   help=f"{NORMALIZATIONS}: how a foreign network normalises its inputs (as in real_data.cas; "
+                        "default: stored in the file, else dataset)")
     p.add_argument("--device", default="cpu", help="cpu | cuda (a handful of images: cpu is fine)")
     p.add_argument("--out", required=True, metavar="PNG")
     return p
@@ -112,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if not out.resolve().parent.is_dir():
             raise ValueError(f"output folder {out.parent} does not exist")
         options = {"width": args.width} if args.arch == "small-cnn" else {}
-        models = [model_from_checkpoint(p, data, arch=args.arch, arch_options=options)[0].to(device)
+        models = [model_from_checkpoint(p, data, arch=args.arch, arch_options=options,
+                                        normalization=args.input_normalization)[0].to(device)
                   for p in args.checkpoint]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -39,19 +39,18 @@ from synthmodel.losses import check_alpha, robust_objective, trades_attack_loss,
 from synthmodel.sample import derive_seed
 from synthmodel.train import settings_from_dict
 
+from .checkpoints import load_weights, model_from_checkpoint, read_checkpoint
 from .data import DATASET_SPECS, ImageData, augmentation_defaults, load_dataset, to_float, train_subset
 from .evaluate import ThreatModel, evaluate
 from .graphs import GraphedPGD
-from .models import ARCHS, ImageClassifier, build_arch, load_weights
+from .models import ARCHS, ImageClassifier, build_arch
 from .runtime import (
     CHECKPOINT_FORMAT,
     MEMORY_FORMATS,
     PRECISIONS,
     autocast,
     model_forwards,
-    model_from_checkpoint,
     precision_dtype,
-    read_checkpoint,
     resolve_device,
     save_atomic,
     use_channels_last,

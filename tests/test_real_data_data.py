@@ -327,7 +327,7 @@ def test_train_n_outside_the_split_is_one_error_line_and_writes_nothing(tmp_path
 
 def test_train_n_run_trains_on_the_subset(tmp_path):
     from real_data import train as train_cli
-    from real_data.runtime import read_checkpoint
+    from real_data.checkpoints import read_checkpoint
 
     folder = write_idx_set(tmp_path / "fm", per_class=4, test_per_class=1)
     out = tmp_path / "run"

@@ -14,10 +14,10 @@ import torch
 from figures import Sources, render
 from real_data import cas, saliency
 from real_data import train as train_cli
+from real_data.checkpoints import model_from_checkpoint, read_checkpoint
 from real_data.data import load_dataset, to_float
 from real_data.evaluate import ThreatModel
 from real_data.fixtures import write_cifar10, write_npz
-from real_data.runtime import model_from_checkpoint, read_checkpoint
 from synthmodel.attacks import pgd
 from synthmodel.attribution import attribution
 from synthmodel.sample import derive_seed
