@@ -14,3 +14,6 @@ pip install -q -e ".[test,dask,parquet]"
 # optional AutoAttack backend for real_data.cas --autoattack, installed so its tests run; --no-deps because
 # its metadata asks for torchvision, which it never imports and whose PyPI wheel breaks a CPU torch
 pip install -q --no-deps "torchattacks==3.5.1"
+# the authors' AutoAttack as published on PyPI (import name pyautoattack), preferred by real_data.cas --autoattack;
+# it declares no dependencies and imports only torch, numpy and the standard library (--no-deps keeps it that way)
+pip install -q --no-deps "pyautoattack==0.2.0"

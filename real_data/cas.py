@@ -24,8 +24,10 @@ bare state_dicts: ``python -m figures --real DIR`` draws CAS against it), per ch
 instead of the table.
 
 ``--autoattack`` adds ``autoattack_acc``, AutoAttack's robust accuracy on the same images (through
-the authors' ``autoattack`` package or ``torchattacks`` when installed; see
+the authors' package, ``pyautoattack`` on PyPI, or ``torchattacks`` when installed; see
 :mod:`real_data.autoattack`), to the table and the JSON. C and CAS stay those of the PGD points.
+With ``--out``, AutoAttack's progress is kept in ``DIR/autoattack_state/`` after every batch: the
+same command run again after an interruption continues where it stopped.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
 from synthmodel.sample import derive_seed
 
-from .autoattack import BACKENDS, VERSIONS, autoattack_correct, find_backend
+from .autoattack import BACKENDS, VERSIONS, autoattack_correct, backend_label, find_backend
 from .checkpoints import NORMALIZATIONS, input_normalization_arg, model_from_checkpoint
 from .data import DATASET_SPECS, ImageData, load_dataset
 from .evaluate import Evaluation, ThreatModel, evaluate
@@ -133,10 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="launch the attack's kernels one by one instead of replaying CUDA graphs")
     p.add_argument("--autoattack", action="store_true",
-                   help="also report AutoAttack's robust accuracy (needs the autoattack or torchattacks package)")
+                   help="also report AutoAttack's robust accuracy (needs the pyautoattack, autoattack or torchattacks "
+                        "package); resumable with --out")
     p.add_argument("--autoattack-version", choices=VERSIONS, default="standard")
     p.add_argument("--autoattack-backend", choices=BACKENDS, default="auto",
-                   help="auto: the authors' autoattack package if installed, else torchattacks")
+                   help="auto: the first installed of pyautoattack (the authors' package), autoattack (the "
+                        "authors' git install), torchattacks")
     p.add_argument("--out", metavar="DIR", help="write cas.csv, matrix_*.csv and heatmaps.png here")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no line per checkpoint loaded")
@@ -190,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
                "input_normalization": blob["input_normalization"]}
         if backend is not None:
             n = ev.n  # the images PGD evaluated
-            row.update(autoattack_acc=math.nan, autoattack=f"{backend}:{args.autoattack_version}")
+            row.update(autoattack_acc=math.nan, autoattack=f"{backend_label(backend)}:{args.autoattack_version}")
             try:
                 correct = autoattack_correct(model, data.x_test[:n].to(device), data.y_test[:n].to(device),
                                              eps=threat.eps, norm=args.norm, version=args.autoattack_version,
                                              backend=backend, seed=args.seed, batch_size=args.batch_size,
-                                             progress=not args.quiet, desc=f"autoattack {Path(path).name}")
+                                             progress=not args.quiet, desc=f"autoattack {Path(path).name}",
+                                             state_dir=None if out is None else out / "autoattack_state")
                 row["autoattack_acc"] = correct.float().mean().item()
             except ValueError as exc:  # the package failed or returned points outside the threat model
                 failure = f"{path}: {exc}"
