@@ -33,8 +33,9 @@ points in index order, ``batch_size`` at a time, every attack reseeded per batch
 set equals one uninterrupted ``run_standard_evaluation`` on all images (tested). With
 ``state_dir`` the robust flags are written after every chunk (atomically) to
 ``state_dir/autoattack-<fingerprint>.json``, the fingerprint being a sha256 of the settings, the
-model's weights and the images; a later call for the same evaluation continues from there, another
-evaluation gets a file of its own. torchattacks runs as one stage (all four attacks per chunk).
+model's parameters and buffers (input statistics included) and the images; a later call for the
+same evaluation continues from there, another evaluation gets a file of its own. torchattacks runs
+as one stage (all four attacks per chunk).
 
 What this module adds besides: batches of uint8 images, the model in eval mode and float32, a
 fixed seed (and the caller's global RNG state restored afterwards: the packages reseed torch's
@@ -142,9 +143,11 @@ def _check_in_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, nor
 
 def autoattack_fingerprint(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                            settings: dict[str, Any]) -> str:
-    """sha256 of the settings, the model's state_dict and the images and labels: what a saved state belongs to."""
+    """sha256 of the settings, the model's parameters and buffers (also the non-persistent input statistics,
+    which are not in its state_dict) and the images and labels: what a saved state belongs to."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for key, value in sorted(model.state_dict().items()):
+    tensors = {**dict(model.named_parameters()), **{f"buffer:{k}": v for k, v in model.named_buffers()}}
+    for key, value in sorted(tensors.items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     for tensor in (images, labels):

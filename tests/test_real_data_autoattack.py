@@ -300,3 +300,15 @@ def test_cas_cli_reports_autoattack(small_run, tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and "torchattacks failed" in err[0] and "ZeroDivisionError" in err[0]
     partial = pd.read_csv(tmp_path / "failed" / "cas.csv")
     assert partial["robust_acc"].tolist() == table["robust_acc"].tolist() and partial["autoattack_acc"].isna().all()
+
+
+def test_the_fingerprint_sees_the_input_normalisation():
+    # the input statistics are non-persistent buffers (not in the state_dict), yet they change the function
+    from real_data.models import build_arch
+
+    def fingerprint(mean):
+        model = build_arch("small-cnn", n_classes=4, in_channels=3, mean=mean, std=(0.25,) * 3, width=2, seed=0)
+        return aa.autoattack_fingerprint(model, torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(2),
+                                         {"eps": 0.03})
+
+    assert fingerprint((0.5,) * 3) == fingerprint((0.5,) * 3) != fingerprint((0.4,) * 3)

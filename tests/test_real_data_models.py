@@ -380,3 +380,17 @@ def test_a_normalisation_with_the_wrong_channel_count_is_refused(tmp_path, cifar
     torch.save(PreActResNet18(10).state_dict(), tmp_path / "prn.pt")
     with pytest.raises(ValueError, match="has 2 values, the images of .* have 3 channels"):
         model_from_checkpoint(tmp_path / "prn.pt", cifar_data, normalization=parse_input_normalization("0.1,0.2/1,1"))
+
+
+def test_saliency_builds_foreign_checkpoints_with_the_given_normalisation(tmp_path, cifar_data, capsys):
+    from real_data import saliency
+
+    net = build_arch("small-cnn", n_classes=10, in_channels=3, mean=(0,) * 3, std=(1,) * 3, width=2, seed=0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "cnn.pth")
+    args = ["--checkpoint", str(tmp_path / "cnn.pth"), "--dataset", cifar_data.name, "--arch", "small-cnn", "--width",
+            "2", "--indices", "0", "--out", str(tmp_path / "grid.png")]
+    assert saliency.main([*args, "--input-normalization", "0.5/0.25"]) == 0
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as exit_status:
+        saliency.main([*args, "--input-normalization", "0.5"])
+    assert exit_status.value.code == 2 and "input normalisation must be" in capsys.readouterr().err
