@@ -2,7 +2,7 @@
 
 ``python -m real_data.cas --checkpoint best.pt last.pt --dataset cifar10:DIR [--out DIR] [--json]``
 
-The metric is PAPER.md's "attribution metric", computed by synthmodel's attribution code on the
+The metric is the paper's attribution metric, computed by synthmodel's attribution code on the
 features ``g(x_adv)`` of PGD adversarial test images (default: l_inf, eps 8/255, 20 steps of eps/4,
 random start, model in eval mode, pixels in [0, 1] normalised inside the model). Unlike the
 official script it uses *every* test image (it drops the last ``n mod 100`` of each class) and

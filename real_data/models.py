@@ -10,7 +10,7 @@ Every network here:
   checkpoints unchanged;
 * exposes ``feature_map(x)`` (N, n, h, w): the last activation map (after the last ReLU, before
   pooling; used by Grad-CAM), ``features(x)`` (N, n): its global average, flattened (the ``g`` of
-  PAPER.md's attribution metric), and ``head``: the final ``nn.Linear`` (K, n), so
+  the paper's attribution metric), and ``head``: the final ``nn.Linear`` (K, n), so
   :mod:`synthmodel.attribution` treats them like the synthetic models.
 
 Architectures (registry :data:`ARCHS`, resolved by :func:`arch_constructor`): ``preact-resnet18``
