@@ -166,3 +166,63 @@ def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08))
     return style.save(fig, out, "claim2_accuracy")
+
+
+_VERDICT_MARK = {"holds": ("o", "#009E73"), "holds in a weaker form": ("o", "#E69F00"), "fails": ("x", "#D55E00"),
+                 "undecided": ("?", "0.4"), "not computed": ("", "0.6")}
+
+
+def proofs_check_table(path: Path | None = None) -> dict:
+    """The default table of ``python -m proofs_check`` (``proofs_check/expected.json``, its ``--summary``)."""
+    import json
+
+    path = path or Path(__file__).resolve().parents[1] / "proofs_check" / "expected.json"
+    if not path.exists():
+        raise MissingData(f"no proofs_check table at {path} (python -m proofs_check --summary > {path})")
+    return json.loads(path.read_text())
+
+
+def thresholds(sources: Sources, out: Path) -> list[Path]:
+    """eps0 and eps1 of every formalisation of the default proofs_check table, with the three claims' verdicts."""
+    table = proofs_check_table()
+    rows = table["formalisations"]
+    half = table["world"]["mu"] / 2
+    fig, axes = style.figure(ncols=2, width=4.2, height=0.16 * len(rows) + 1.2, sharey=True,
+                             gridspec_kw={"width_ratios": [3, 1]})
+    ax, verdict_ax = axes[0, 0], axes[0, 1]
+    labels = []
+    for i, row in enumerate(rows):
+        y = len(rows) - 1 - i
+        labels.append(f"{row['attack']} {row['norm']} {row['weights']}" + (" 0-1" if row["objective"] == "zero-one"
+                                                                             else ""))
+        ax.axhline(y, color="0.92", lw=0.6, zorder=0)
+        if row["eps0"] is not None:
+            ax.plot(row["eps0"], y, "o", color=style.PALETTE[0], ms=4)
+        if row["eps1"] is not None:
+            ax.plot(row["eps1"], y, "^", color=style.PALETTE[1], ms=4, mfc="none")
+        for j, claim in enumerate(("1", "2", "3")):
+            marker, colour = _VERDICT_MARK[row["claims"][claim]["verdict"]]
+            if marker == "?":
+                verdict_ax.text(j, y, "?", ha="center", va="center", fontsize=6, color=colour)
+            elif marker:
+                verdict_ax.plot(j, y, marker, color=colour, ms=3.5)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels[::-1], fontsize=5)
+    ax.set_xlim(0, half)
+    ax.set_xlabel("$\\epsilon$ (input units)")
+    ax.set_title("thresholds ($\\circ$ $\\epsilon_0$ hard labels, $\\triangle$ $\\epsilon_1$ label smoothing)",
+                 fontsize=7)
+    verdict_ax.set_xticks([0, 1, 2])
+    verdict_ax.set_xticklabels(["claim 1", "claim 2", "claim 3"], fontsize=6)
+    verdict_ax.set_xlim(-0.6, 2.6)
+    verdict_ax.set_title("verdicts", fontsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker=m or "s", color=c, mfc=c if m else "none") for m, c in
+               _VERDICT_MARK.values()]
+    fig.legend(handles, list(_VERDICT_MARK), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, fontsize=6)
+    world = table["world"]
+    fig.suptitle(f"proofs_check default table: {world['preset']}, $\\mu$={world['mu']:g}, "
+                 f"$\\sigma$={world['sigma']:g}, "
+                 f"label smoothing $\\alpha$={table['alpha']}", fontsize=8)
+    return style.save(fig, out, "theory_thresholds")

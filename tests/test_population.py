@@ -15,10 +15,7 @@ from synthmodel.attacks import linear_logitwise_logits, pgd
 from synthmodel.attribution import attribution
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
-    THEORY_PARAMS,
     Formalisation,
-    _levels,
-    _loss_torch,
     first_order_w2,
     loss_derivatives,
     optimal_weights,
@@ -29,6 +26,9 @@ from synthmodel.population import (
     threshold,
     world_from,
 )
+from synthmodel.population.point import theory_table
+from synthmodel.population.reference import levels as _levels
+from synthmodel.population.reference import loss_torch as _loss_torch
 from synthmodel.train import logitwise_objective
 
 PAPER3 = world_from("paper3")
@@ -83,7 +83,7 @@ def test_shifted_lattice_estimates_the_rule_error(k, alpha):
     # difference is Q's error up to the next modes (squares / products of the leading ones, relatively ~the
     # error itself, < 1e-7 here), and their mean has errors of that second order. Checked against the rule at
     # 1/4 (K=3; 1/2 for K=4, to keep the 3-d rule small) of the step, whose own error is far below 1e-13.
-    from synthmodel import _popquad
+    from synthmodel.population import quadrature as _popquad
     w1, w2, eps = np.array([3.0, 6.0, 4.0]), np.array([2.0, 5.0, 1.0]), np.array([0.2, 0.05, 0.3])
 
     def q(levels, offset):
@@ -247,7 +247,7 @@ def test_theory_point_contract():
         assert key in out and (out[key] is None or isinstance(out[key], float))
     assert out["w1"] ** 2 + out["w2"] ** 2 == pytest.approx(1.0, abs=1e-12)
     assert out["quad_error"] < 1e-8
-    assert set(THEORY_PARAMS) >= {"preset", "mu", "sigma", "eps", "alpha", "attack", "norm", "weights"}
+    assert set(theory_table()) >= {"preset", "mu", "sigma", "eps", "alpha", "attack", "norm", "weights"}
     for bad, key in (({"colour": 1}, "colour"), ({"sigma": -1.0}, "sigma"), ({"attack": "fgsm"}, "attack"),
                      ({"alpha": 1.0}, "alpha"), ({"preset": "ring-3"}, "preset"),
                      ({"norm": "l2", "attack": "pgd", "loss": "kd"}, "l_inf")):
@@ -259,18 +259,27 @@ def test_theory_point_contract():
 @pytest.mark.parametrize("preset", ["paper3", "all-but-one-4"])
 @pytest.mark.parametrize("form", [Formalisation(), Formalisation(norm="l2"), Formalisation(alpha=0.2),
                                   Formalisation(attack="joint", alpha=0.2), Formalisation(norm="l2", alpha=0.1),
-                                  Formalisation(weights="weight-decay", weight_decay=0.05)])
-def test_analytic_derivatives_equal_autograd_reference(preset, form, monkeypatch):
+                                  Formalisation(weights="weight-decay", weight_decay=0.05),
+                                  Formalisation(attack="scorewise"), Formalisation(attack="scorewise", norm="l2"),
+                                  Formalisation(attack="scorewise", alpha=0.2),
+                                  Formalisation(attack="scorewise", norm="l2", alpha=0.1),
+                                  Formalisation(attack="scorewise-termwise", alpha=0.2),
+                                  Formalisation(attack="scorewise-termwise", norm="l2", alpha=0.1)])
+def test_analytic_derivatives_equal_autograd_reference(preset, form):
     # two independent codes on the same rule: the analytic numpy engine and autograd through the torch one.
     # Same nodes (quarter-octave level 4 = torch level 1, h = 0.25; K = 4: level 0 = torch 0, h = 0.5, to keep
     # the 3-d rule small), so they agree to rounding (1e-10 covers summation order over ~1e4 O(10) values).
     # Joint + label smoothing: the trapezoid engine (the split one uses other nodes: tested separately)
-    from synthmodel import _popquad, population
-    monkeypatch.setattr(population, "_JOINT_SPLIT", False)
+    from synthmodel.population import quadrature as _popquad
+
     world = world_from(preset)
     w1, w2, eps = np.array([2.0, 1.0, 4.0, 0.7]), np.array([0.5, 1.0, -0.3, 0.0]), np.array([0.1, 0.2, 0.3, 0.25])
     ours_level, torch_level = ((4, 4), (1, 1)) if world.k == 3 else ((0, 0), (0, 0))
-    ours = loss_derivatives(world, form, w1, w2, eps, level=ours_level)
+    if form.attack == "joint" and form.alpha:
+        ours = _popquad.soft_eval(world.k, world.mu, world.sigma, form.norm, "joint", form.alpha, w1, w2, eps,
+                                  ours_level, 2)
+    else:
+        ours = loss_derivatives(world, form, w1, w2, eps, level=ours_level)
     assert _popquad.h_of(ours_level[0]) == 0.5 / 2 ** torch_level[0]
     t = [torch.tensor(v, dtype=torch.float64) for v in (w1, w2, eps)]
     u = torch.stack(t[:2], 1).requires_grad_(True)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from synthmodel import _popquad, make_preset, sample
 from synthmodel import attacks as atk
+from synthmodel import make_preset, sample
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
     Formalisation,
@@ -22,6 +22,7 @@ from synthmodel.population import (
     validate_theory_params,
     world_from,
 )
+from synthmodel.population import quadrature as _popquad
 from tests.fd_check import assert_derivatives_match_fd
 
 PAPER3 = world_from("paper3")

@@ -13,7 +13,6 @@ from synthmodel import make_preset, sample
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
     THEORY_DEFAULTS,
-    THEORY_PARAMS,
     Formalisation,
     loss_derivatives,
     optimal_weights,
@@ -21,6 +20,7 @@ from synthmodel.population import (
     theory_point,
     world_from,
 )
+from synthmodel.population.point import theory_table
 from synthmodel.train import logitwise_objective, robust_objective
 
 PAPER3 = world_from("paper3")
@@ -151,7 +151,7 @@ def test_kd_formalisation_and_theory_point_contract():
         _kd(temp=0.0)
     with pytest.raises(ValueError, match="loss"):
         Formalisation(loss="mse")
-    assert {"loss", "teacher_w1", "teacher_w2", "temperature"} <= set(THEORY_PARAMS) & set(THEORY_DEFAULTS)
+    assert {"loss", "teacher_w1", "teacher_w2", "temperature"} <= set(theory_table()) & set(THEORY_DEFAULTS)
     base = {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.1}
     # the new keys' defaults leave a cross-entropy point unchanged
     assert theory_point(base) == theory_point({**base, "loss": "ce", "teacher_w1": 5.0, "temperature": 3.0})
@@ -169,7 +169,7 @@ def test_joint_label_smoothing_split_rule_is_smooth_in_weights_and_converged_in_
     # is the analytic gradient: central differences (error O(h^2) ~ 1e-8 plus rounding 1e-16 / h) agree.
     # The xi pieces use Gauss-Legendre, so
     # the xi level (panel width) changes the value only at rounding level.
-    from synthmodel import _popquad
+    from synthmodel.population import quadrature as _popquad
     args = (3, 1.0, 0.5, "linf", 0.1)
     w1, w2, eps = np.array([1.8]), np.array([1.53]), np.array([0.22])
     _, grad, _ = _popquad.joint_split_eval(*args, w1, w2, eps, (6, 8), 1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthmodel import _popquad, make_preset, sample
+from synthmodel import make_preset, sample
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
     Formalisation,
@@ -19,6 +19,7 @@ from synthmodel.population import (
     validate_theory_params,
     world_from,
 )
+from synthmodel.population import quadrature as _popquad
 from synthmodel.train import logitwise_objective
 
 
