@@ -138,7 +138,7 @@ def cas_vs_eps(sources: Sources, out: Path) -> list[Path]:
 
 
 def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
-    """Robust accuracy against w2/w1 at fixed eps (Claim 2: it rises on [0, 1])."""
+    """Robust accuracy against w2/w1 at fixed eps, pairwise and scorewise adversary (Claim 2: it rises on [0, 1])."""
     from synthmodel import population as pop
 
     frame = sources.kind("theory")
@@ -150,26 +150,32 @@ def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
         world = {"preset": first["preset"], "mu": float(first["mu"]), "sigma": float(first["sigma"])}
     model = pop.world_from(world["preset"], mu=world["mu"], sigma=world["sigma"])
     ratios = np.linspace(0.0, 1.5, 61)
-    fig, axes = style.figure(ncols=2, width=3.2, height=2.5)
-    for i, norm in enumerate(("linf", "l2")):
-        ax = axes[0, i]
-        top = 0.5 if norm == "linf" else 0.5 * np.sqrt(2)
-        for j, fraction in enumerate((0.1, 0.3, 0.5, 0.7)):
-            eps = fraction * top * world["mu"]
-            acc = pop.robust_accuracy(model, np.ones_like(ratios), ratios, np.full_like(ratios, eps), norm).value
-            ax.plot(ratios, acc, color=style.PALETTE[j], marker=style.MARKERS[j], markevery=10, ms=3,
-                    label=f"$\\epsilon$={eps:.3g}")
-        ax.axvspan(0, 1, color="0.9", zorder=0, label="Claim 2 range $[0, w_1]$")
-        ax.set_xlabel("$w_2 / w_1$")
-        ax.set_ylabel("robust accuracy")
-        ax.set_title(f"{world['preset']}, $\\mu$={world['mu']:g}, $\\sigma$={world['sigma']:g}, {norm}")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08))
+    fig, axes = style.figure(ncols=2, nrows=2, width=3.2, height=2.5, sharex=True)
+    for row, adversary in enumerate(("pairwise", "scorewise")):
+        for i, norm in enumerate(("linf", "l2")):
+            ax = axes[row, i]
+            top = 0.5 if norm == "linf" else 0.5 * np.sqrt(2)
+            for j, fraction in enumerate((0.1, 0.3, 0.5, 0.7)):
+                eps = fraction * top * world["mu"]
+                acc = pop.robust_accuracy(model, np.ones_like(ratios), ratios, np.full_like(ratios, eps), norm,
+                                          adversary=adversary).value
+                ax.plot(ratios, acc, color=style.PALETTE[j], marker=style.MARKERS[j], markevery=10, ms=3,
+                        label=f"$\\epsilon$={eps:.3g}")
+            ax.axvspan(0, 1, color="0.9", zorder=0, label="Claim 2 range $[0, w_1]$")
+            if row == 1:
+                ax.set_xlabel("$w_2 / w_1$")
+            ax.set_ylabel("robust accuracy")
+            who = "joint / logitwise / pgd" if adversary == "pairwise" else "scorewise"
+            ax.set_title(f"{who}, {norm}", fontsize=8)
+    for i in range(2):  # the eps of each norm's column
+        axes[1, i].legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"{world['preset']}, $\\mu$={world['mu']:g}, $\\sigma$={world['sigma']:g}: exact robust accuracy "
+                 "of the tied model (grey: Claim 2's range $[0, w_1]$)", fontsize=9)
     return style.save(fig, out, "claim2_accuracy")
 
 
 _VERDICT_MARK = {"holds": ("o", "#009E73"), "holds in a weaker form": ("o", "#E69F00"), "fails": ("x", "#D55E00"),
-                 "undecided": ("?", "0.4"), "not computed": ("", "0.6")}
+                 "undecided": ("$?$", "0.4"), "not computed": ("", "0.6")}
 
 
 def proofs_check_table(path: Path | None = None) -> dict:
@@ -202,10 +208,8 @@ def thresholds(sources: Sources, out: Path) -> list[Path]:
             ax.plot(row["eps1"], y, "^", color=style.PALETTE[1], ms=4, mfc="none")
         for j, claim in enumerate(("1", "2", "3")):
             marker, colour = _VERDICT_MARK[row["claims"][claim]["verdict"]]
-            if marker == "?":
-                verdict_ax.text(j, y, "?", ha="center", va="center", fontsize=6, color=colour)
-            elif marker:
-                verdict_ax.plot(j, y, marker, color=colour, ms=3.5)
+            if marker:
+                verdict_ax.plot(j, y, ls="", marker=marker, color=colour, ms=3.5)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(labels[::-1], fontsize=5)
     ax.set_xlim(0, half)
