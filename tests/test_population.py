@@ -294,11 +294,12 @@ def test_analytic_derivatives_equal_autograd_reference(preset, form):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_closed_form_sign_matches_numeric_first_order_condition(norm):
-    # the closed form (hard labels) decides thresholds; the numeric derivative on the grid must agree in sign
+    # the derived sign (hard labels, pairwise: sign(2 eps - mu) or -1) and the numeric first-order condition on the
+    # grid agree, and so do the derived threshold (none inside (0, mu/2)) and the bracketed one
     for weights in ("unconstrained", "l2-norm", "class-l2-norm"):
         form = Formalisation(norm=norm, weights=weights)
         th = threshold(PAPER3, form)
-        assert th.eps is None and th.method.startswith("closed form")
+        assert th.derived and th.closed_form is None and th.eps is None
         expected = np.sign(2 * th.grid - PAPER3.mu) if norm == "linf" else -np.ones_like(th.grid)
         assert np.all(np.sign(th.derivative) == expected)
 
@@ -331,3 +332,23 @@ def test_logitwise_label_smoothing_threshold_is_one_minus_alpha_times_half_mu(al
     world = world_from(preset, mu=mu, sigma=sigma)
     th = threshold(world, Formalisation(alpha=alpha))
     assert th.eps == pytest.approx((1 - alpha) * mu / 2, abs=1e-6)
+
+
+def test_theory_kind_keeps_the_point_hashes_and_checks_new_keys():
+    # the point kind is the TheoryPoint dataclass now; its table has no defaults, so a grid's hash covers exactly
+    # the keys it gives: the paper-theory preset hashes as before (first point pinned from the tuple-table code)
+    from synthmodel.sweep.grid import PRESETS, expand_grid
+    from synthmodel.sweep.kinds import get_kind, normalize_params
+
+    grid = expand_grid(PRESETS["paper-theory"].grid_spec(), source="test", code_version="fixed")
+    assert len(grid.points) == 312 and grid.points[0].hash == "63c585ee884faf316997d67710482b45"
+    kind = get_kind("theory")
+    base = {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.1}
+    assert normalize_params(kind, base) == base
+    for good in ({"attack": "scorewise-termwise", "alpha": 0.1}, {"attack": "scorewise", "objective": "zero-one"},
+                 {"preset": "all-but-one-7", "attack": "scorewise", "alpha": 0.2}):
+        normalize_params(kind, {**base, **good})
+    for bad, key in (({"objective": "zero-one"}, "zero-one"), ({"objective": "mse"}, "objective"),
+                     ({"mu": 0.0}, "mu"), ({"preset": "all-but-one-6", "attack": "joint", "alpha": 0.1}, "K = 6")):
+        with pytest.raises(ValueError, match=key):
+            normalize_params(kind, {**base, **bad})

@@ -414,15 +414,15 @@ def _snap_collapsed(world: World, form: Formalisation, eps: np.ndarray, w: np.nd
     Where no feature survives the attack (e.g. eps = mu/2 under the joint adversary with label smoothing) the
     objective is minimised by the zero model, and Newton only creeps towards it (denormal weights such as
     w1 ~ -9e-43, w2 ~ -7e-23, whose ratio is meaningless). Every |w| below ``_COLLAPSE`` is compared with w = 0
-    (every logit equal: objective log K plus no penalty); where 0 is no worse within the quadrature error, 0 is
+    (every logit 0 and no attack shift: objective exactly log K, no penalty); where 0 is no worse within the
+    quadrature error, 0 is
     returned, with w_error the distance moved.
     """
     near = np.abs(w).max(axis=1) < _COLLAPSE
     if not near.any():
         return w, value, w_error
     idx = np.flatnonzero(near)
-    zero = np.zeros(idx.size)
-    at_zero = _evaluate(world, form, zero, zero, eps[idx], (0, 0), 0)[0]
+    at_zero = np.full(idx.size, math.log(world.k))  # every logit 0 for every sample, no attack shift, no penalty
     better = at_zero <= value[idx] + error[idx]
     take = idx[better]
     w, value, w_error = w.copy(), value.copy(), w_error.copy()
@@ -466,6 +466,18 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
     eps = np.atleast_1d(np.asarray(eps, dtype=np.float64)).reshape(-1)
     if np.any(~np.isfinite(eps)) or np.any(eps < 0):
         raise ValueError("eps must be finite and >= 0")
+    routine_for(form, world.k)  # ValueError with the reason where nothing computes this formalisation
+    if form.zero_one:  # scale-free: the certified direction, normalised as the constraint asks
+        from .accuracy import optimal_ratio
+
+        opt = optimal_ratio(world, form, eps)
+        w1, w2 = opt.w1, opt.w2
+        scale = {"l1-share": w1 + w2, "class-l2-norm": np.sqrt(w1 * w1 + (world.k - 1) * w2 * w2)}.get(form.weights)
+        if scale is not None:
+            w1, w2 = w1 / scale, w2 / scale
+        width = np.abs(np.arctan(opt.enclosure[:, 1]) - np.arctan(opt.enclosure[:, 0]))
+        return {"w1": w1, "w2": w2, "objective": 1.0 - opt.accuracy, "quad_error": opt.gap, "w_error": width,
+                "ratio": opt.ratio, "enclosure": opt.enclosure, "method": opt.method, "convex": False}
     if form.weights in ("l1-share", "l2-norm", "class-l2-norm"):
         w1, w2, levels = _optimise_curve(world, form, eps)
         value, error, _, _ = _verified(world, form, w1, w2, eps, levels, tol)
@@ -641,6 +653,13 @@ def threshold(world: FeatureModel | World | str, form: Formalisation, *, n_grid:
     None when there is no change in (0, mu/2) (the evidence: grid and derivative values, always computed
     numerically). Cached per (world, formalisation); the returned arrays are read-only.
     """
-    return _threshold(world_from(world), form, int(n_grid), float(xtol))
+    world = world_from(world)
+    if form.zero_one:  # the eps where the certified optimal ratio becomes 0; evidence: dP/dtheta at w2 = 0
+        from .accuracy import zero_one_slope_at_zero, zero_one_threshold
+
+        eps0, grid, _ = zero_one_threshold(world, form)
+        derived = zero_one_slope_at_zero  # the first-order closed form (proofs_check/README.md step 9)
+        return Threshold(eps0, grid, derived(world, form, grid), "bisection on the certified optimum being w2 = 0")
+    return _threshold(world, form, int(n_grid), float(xtol))
 
 

@@ -8,15 +8,13 @@ engine applies the defaults below. Importing this module registers the kind (ide
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ..schema import Bounds, from_mapping, option, param_table
 from ..spec import make_preset
-from .accuracy import population_cas, robust_accuracy, zero_one_threshold
+from .accuracy import population_cas, robust_accuracy
 from .engine import optimal_weights, robust_loss, threshold
-from .formalisation import FORMALISATION_ATTACKS, LOSSES, NORMS, OBJECTIVES, WEIGHTS, Formalisation, World, world_from
+from .formalisation import FORMALISATION_ATTACKS, LOSSES, NORMS, OBJECTIVES, WEIGHTS, Formalisation, world_from
 from .registry import supports
 
 __all__ = ["TheoryPoint", "THEORY_DEFAULTS", "theory_table", "validate_theory_params", "theory_point", "KIND"]
@@ -87,13 +85,6 @@ def validate_theory_params(params: dict) -> TheoryPoint:
     return point
 
 
-@lru_cache(maxsize=64)
-def _eps0(world: World, form: Formalisation) -> float | None:
-    if form.zero_one:
-        return zero_one_threshold(world, form)[0]
-    return threshold(world, form).eps
-
-
 def theory_point(params: dict) -> dict:
     """Population theory at one point of a sweep grid.
 
@@ -120,25 +111,16 @@ def theory_point(params: dict) -> dict:
         raise ValueError(f"preset: {exc}") from None
     form = point.formalisation
     eps = point.eps
+    opt = optimal_weights(world, form, [eps])
+    w1, w2 = float(opt["w1"][0]), float(opt["w2"][0])
+    acc = robust_accuracy(world, w1, w2, eps, form.norm, adversary=form.adversary)
     if form.zero_one:
-        from .accuracy import optimal_ratio
-
-        opt = optimal_ratio(world, form, [eps])
-        w1, w2 = float(opt.w1[0]), float(opt.w2[0])
-        norm = {"l1-share": w1 + w2, "class-l2-norm": math.sqrt(w1 * w1 + (world.k - 1) * w2 * w2)}.get(form.weights)
-        if norm:
-            w1, w2 = w1 / norm, w2 / norm
-        acc = robust_accuracy(world, w1, w2, eps, form.norm, adversary=form.adversary)
         loss_value, loss_error = 1.0 - float(acc.value[0]), float(acc.error[0])
     else:
-        opt = optimal_weights(world, form, [eps])
-        w1, w2 = float(opt["w1"][0]), float(opt["w2"][0])
         plain = form.replace(weights="unconstrained", weight_decay=0.0)  # the objective without the penalty
         loss = robust_loss(world, plain, w1, w2, eps)
-        acc = robust_accuracy(world, w1, w2, eps, form.norm, adversary=form.adversary)
         loss_value, loss_error = float(loss.value[0]), float(loss.error[0])
-    hard = form.replace(alpha=0.0, loss="ce")
-    eps0 = _eps0(world, hard)
+    eps0 = threshold(world, form.replace(alpha=0.0, loss="ce")).eps
     eps1 = threshold(world, form).eps if not form.hard else None
     return {
         "w1": w1, "w2": w2, "ratio": w2 / w1 if w1 != 0 else None,

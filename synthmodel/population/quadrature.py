@@ -40,6 +40,7 @@ import numpy as np
 from scipy.special import expit
 
 _RANGE = 8.0       # nodes on |t| <= 8 per dimension: P(|Z| > 8) = 1.2e-15
+_MASS = math.erf(_RANGE / math.sqrt(2.0))  # P(|Z| <= 8)
 LOG_TARGET = 21.0  # step chosen so that the trapezoid error bound is exp(-21) ~ 8e-10 (see _h_required)
 MAX_LEVEL = 40     # h = 0.5 * 2^-10
 _TINY = 1e-300
@@ -507,6 +508,8 @@ def _split_line_nodes(bps: np.ndarray, level_xi: int, offset: bool) -> tuple[np.
     half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
     xi = (mid[..., None] + half[..., None] * t).reshape(*edges.shape[:2], -1)
     wgt = (half[..., None] * wt).reshape(xi.shape) * np.exp(-0.5 * xi * xi) / math.sqrt(2 * math.pi)
+    # each line's weights sum to the exact Gaussian mass of [-8, 8]: constants (the zero model) integrate exactly
+    wgt *= _MASS / wgt.sum(-1, keepdims=True)
     return xi, wgt
 
 
@@ -650,7 +653,7 @@ def _half_line_gl(level: int, offset: bool, width: float = 2.0) -> tuple[np.ndar
     half = 0.5 * np.diff(edges)
     t = (edges[:-1, None] + half[:, None] * (x[None] + 1.0)).ravel()
     wt = (half[:, None] * w[None]).ravel() * 2.0 * np.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
-    return t, wt
+    return t, wt * (_MASS / wt.sum())  # the exact mass of |t| <= 8, as the xi lines
 
 
 def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[int, int], order: int = 2,
