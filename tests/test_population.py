@@ -83,13 +83,13 @@ def test_shifted_lattice_estimates_the_rule_error(k, alpha):
     # difference is Q's error up to the next modes (squares / products of the leading ones, relatively ~the
     # error itself, < 1e-7 here), and their mean has errors of that second order. Checked against the rule at
     # 1/4 (K=3; 1/2 for K=4, to keep the 3-d rule small) of the step, whose own error is far below 1e-13.
-    from synthmodel.population import quadrature as _popquad
+    from synthmodel.population import quadrature as quad
     w1, w2, eps = np.array([3.0, 6.0, 4.0]), np.array([2.0, 5.0, 1.0]), np.array([0.2, 0.05, 0.3])
 
     def q(levels, offset):
         if alpha == 0.0:
-            return _popquad.hard_eval(k, 1.0, 0.5, "linf", w1, w2, eps, levels, 0, offset)[0]
-        return _popquad.soft_eval(k, 1.0, 0.5, "linf", "logitwise", alpha, w1, w2, eps, levels, 0, offset)[0]
+            return quad.hard_eval(k, 1.0, 0.5, "linf", w1, w2, eps, levels, 0, offset)[0]
+        return quad.soft_eval(k, 1.0, 0.5, "linf", "logitwise", alpha, w1, w2, eps, levels, 0, offset)[0]
 
     coarse, shifted = q((0, 0), False), q((0, 0), True)
     ref = q((8, 8) if k == 3 else (4, 4), False)
@@ -270,17 +270,17 @@ def test_analytic_derivatives_equal_autograd_reference(preset, form):
     # Same nodes (quarter-octave level 4 = torch level 1, h = 0.25; K = 4: level 0 = torch 0, h = 0.5, to keep
     # the 3-d rule small), so they agree to rounding (1e-10 covers summation order over ~1e4 O(10) values).
     # Joint + label smoothing: the trapezoid engine (the split one uses other nodes: tested separately)
-    from synthmodel.population import quadrature as _popquad
+    from synthmodel.population import quadrature as quad
 
     world = world_from(preset)
     w1, w2, eps = np.array([2.0, 1.0, 4.0, 0.7]), np.array([0.5, 1.0, -0.3, 0.0]), np.array([0.1, 0.2, 0.3, 0.25])
     ours_level, torch_level = ((4, 4), (1, 1)) if world.k == 3 else ((0, 0), (0, 0))
     if form.attack == "joint" and form.alpha:
-        ours = _popquad.soft_eval(world.k, world.mu, world.sigma, form.norm, "joint", form.alpha, w1, w2, eps,
+        ours = quad.soft_eval(world.k, world.mu, world.sigma, form.norm, "joint", form.alpha, w1, w2, eps,
                                   ours_level, 2)
     else:
         ours = loss_derivatives(world, form, w1, w2, eps, level=ours_level)
-    assert _popquad.h_of(ours_level[0]) == 0.5 / 2 ** torch_level[0]
+    assert quad.h_of(ours_level[0]) == 0.5 / 2 ** torch_level[0]
     t = [torch.tensor(v, dtype=torch.float64) for v in (w1, w2, eps)]
     u = torch.stack(t[:2], 1).requires_grad_(True)
     loss = _loss_torch(world, form, u[:, 0], u[:, 1], t[2], torch_level)
