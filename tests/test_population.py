@@ -352,3 +352,34 @@ def test_theory_kind_keeps_the_point_hashes_and_checks_new_keys():
                      ({"mu": 0.0}, "mu"), ({"preset": "all-but-one-6", "attack": "joint", "alpha": 0.1}, "K = 6")):
         with pytest.raises(ValueError, match=key):
             normalize_params(kind, {**base, **bad})
+
+
+def test_registry_answers_what_the_engine_computes():
+    # supports(form, K) is the one answer: where it names a routine the engine evaluates (finite values), where it
+    # does not the engine raises ValueError with the same reason
+    import re
+
+    from synthmodel.population import FORMALISATION_ATTACKS, NORMS, ROUTINES, supports
+    from synthmodel.population.engine import _evaluate
+    from synthmodel.population.registry import HESSIANS, TARGETS
+
+    for routine in ROUTINES:
+        assert set(routine.targets) <= set(TARGETS) and routine.hessian in HESSIANS
+    one = np.ones(1)
+    for k in (3, 4, 6):
+        world = world_from(f"all-but-one-{k}")
+        for attack in FORMALISATION_ATTACKS:
+            for norm in NORMS:
+                for extra in ({}, {"alpha": 0.1}, {"loss": "kd", "teacher_w1": 1.0, "teacher_w2": 0.3},
+                              {"objective": "zero-one"}):
+                    try:
+                        form = Formalisation(attack=attack, norm=norm, **extra)
+                    except ValueError:
+                        continue  # a contradiction, refused when the formalisation is made
+                    answer = supports(form, k)
+                    if answer:
+                        loss = _evaluate(world, form, 1.2 * one, 0.4 * one, 0.1 * one, (0, 0), 0)[0]
+                        assert np.all(np.isfinite(loss)), (k, form)
+                    else:
+                        with pytest.raises(ValueError, match=re.escape(answer.reason)):
+                            _evaluate(world, form, 1.2 * one, 0.4 * one, 0.1 * one, (0, 0), 0)

@@ -189,8 +189,9 @@ ROUTINES: tuple[Routine, ...] = (
     # trapezoid still meets the kink at eta = 0 (algebraic convergence): refinement stops earlier
     Routine("joint l2 + label smoothing, ellipse search per node", _joint_l2_soft, (("joint", "l2"),),
             ("smoothed",), (3, 3), "envelope (autograd)", 40_000, _tensor_nodes, "not established"),
+    # K = 3 only: for K = 4 the (e, v, eta1, eta2) rule has ~1e6 nodes already at the coarsest level (refused)
     Routine("distillation (e, v, eta) rule", _kd, tuple(c for c in _ALL if c[0] != "joint" and c != ("pgd", "l2")),
-            ("teacher",), (3, 4), "analytic", NODE_BUDGET, _kd_nodes, "convex (termwise); per quadrant otherwise"),
+            ("teacher",), (3, 3), "analytic", NODE_BUDGET, _kd_nodes, "convex (termwise); per quadrant otherwise"),
     Routine("robust 0-1 error (1-d integral)", _zero_one, (("joint", "linf"), ("joint", "l2"), ("scorewise", "linf"),
                                                              ("scorewise", "l2")),
             ("hard",), (3, None), "none", NODE_BUDGET, lambda w, lv: 200, "not convex: certified 1-d search",
