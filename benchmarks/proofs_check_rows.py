@@ -1,12 +1,13 @@
 """proofs_check per row: the base code (commit d014bdb) against the working tree, side by side in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/proofs_check_rows.py [--base d014bdb] [--rows all|joint|...] [--out FILE]
+    OMP_NUM_THREADS=1 python benchmarks/proofs_check_rows.py [--base d014bdb] [--rows all|joint|...]
+                                                             [--weights NAME ...] [--preset paper3] [--out FILE]
 
 The base commit is checked out into a temporary folder (``git archive``) inside this run; each code version runs
 in its own worker process (both packages are called ``synthmodel`` and ``proofs_check``, so they cannot share
-one interpreter), on the same rows of the default table (paper3, mu = 1, sigma = 0.5, alpha = 0.1, weight decay
-0.01), alternating row by row, so that both see the same machine load. Per row it reports both times (wall and
-CPU of the worker, imports excluded) and their ratio; a CSV goes to ``--out``.
+one interpreter), on the same rows of the default table (paper3 or ``--preset``, mu = 1, sigma = 0.5,
+alpha = 0.1, weight decay 0.01), alternating row by row, so that both see the same machine load. Per row it
+reports both times (wall and CPU of the worker, imports excluded) and their ratio; a CSV goes to ``--out``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from proofs_check.claims import check_formalisation
 from synthmodel.population import world_from
-world = world_from("paper3", mu=1.0, sigma=0.5)
+world = world_from(sys.argv[2], mu=1.0, sigma=0.5)
 print("ready", flush=True)
 for line in sys.stdin:
     spec = json.loads(line)
@@ -39,14 +40,17 @@ for line in sys.stdin:
 """
 
 
-def _rows(which: str) -> list[dict]:
+WEIGHTS = ("unconstrained", "weight-decay", "l1-share", "l2-norm", "class-l2-norm")
+
+
+def _rows(which: str, weights_chosen: tuple[str, ...]) -> list[dict]:
     # the base code's table: (joint, logitwise, pgd) x (linf, l2) x five weight constraints
     out = []
     for attack in ("joint", "logitwise", "pgd"):
         if which not in ("all", attack):
             continue
         for norm in ("linf", "l2"):
-            for weights in ("unconstrained", "weight-decay", "l1-share", "l2-norm", "class-l2-norm"):
+            for weights in weights_chosen:
                 out.append({"attack": attack, "norm": norm, "weights": weights,
                             "weight_decay": 0.01 if weights == "weight-decay" else 0.0})
     return out
@@ -61,8 +65,8 @@ def _checkout(base: str, into: Path) -> Path:
 
 
 class _Worker:
-    def __init__(self, path: Path):
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(path)], stdin=subprocess.PIPE,
+    def __init__(self, path: Path, preset: str):
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(path), preset], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=str(path))
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -81,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--base", default="d014bdb", help="commit of the code to compare against")
     p.add_argument("--rows", default="all", choices=("all", "joint", "logitwise", "pgd"), help="which rows")
+    p.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS, help="weight constraints")
+    p.add_argument("--preset", default="paper3", help="world (paper3 | all-but-one-K)")
     p.add_argument("--out", default=None, help="CSV of the per-row times")
     args = p.parse_args(argv)
     if os.environ.get("OMP_NUM_THREADS") != "1":
         print("note: set OMP_NUM_THREADS=1 for timings", file=sys.stderr)
-    rows = _rows(args.rows)
+    rows = _rows(args.rows, tuple(args.weights))
     with tempfile.TemporaryDirectory() as tmp:
-        base = _Worker(_checkout(args.base, Path(tmp)))
-        new = _Worker(ROOT)
+        base = _Worker(_checkout(args.base, Path(tmp)), args.preset)
+        new = _Worker(ROOT, args.preset)
         records = []
         start = time.perf_counter()
         print(f"{'attack':10s} {'norm':5s} {'weights':14s} {'base s':>8s} {'new s':>8s} {'ratio':>6s}")
