@@ -21,6 +21,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "theory_weights": ("optimal w1, w2 and w2/w1 against eps, eps0/eps1 marked", theory.weights_vs_eps),
     "theory_cas": ("population CAS of the optimal tied model against eps", theory.cas_vs_eps),
     "claim2_accuracy": ("robust accuracy against w2/w1 at fixed eps (Claim 2)", theory.claim2_accuracy),
+    "theory_thresholds": ("eps0 / eps1 and the claims' verdicts per formalisation (proofs_check)", theory.thresholds),
     "matrices_synthetic": ("C heatmaps, best vs last epoch, synthetic training runs", matrices.synthetic_matrices),
     "matrices_real": ("C heatmaps, best vs last checkpoint, real data", matrices.real_matrices),
     "dynamics_curves": ("CAS and test robust accuracy against epoch, best epoch marked", dynamics.curves),

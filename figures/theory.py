@@ -138,7 +138,7 @@ def cas_vs_eps(sources: Sources, out: Path) -> list[Path]:
 
 
 def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
-    """Robust accuracy against w2/w1 at fixed eps (Claim 2: it rises on [0, 1])."""
+    """Robust accuracy against w2/w1 at fixed eps, pairwise and scorewise adversary (Claim 2: it rises on [0, 1])."""
     from synthmodel import population as pop
 
     frame = sources.kind("theory")
@@ -150,19 +150,83 @@ def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
         world = {"preset": first["preset"], "mu": float(first["mu"]), "sigma": float(first["sigma"])}
     model = pop.world_from(world["preset"], mu=world["mu"], sigma=world["sigma"])
     ratios = np.linspace(0.0, 1.5, 61)
-    fig, axes = style.figure(ncols=2, width=3.2, height=2.5)
-    for i, norm in enumerate(("linf", "l2")):
-        ax = axes[0, i]
-        top = 0.5 if norm == "linf" else 0.5 * np.sqrt(2)
-        for j, fraction in enumerate((0.1, 0.3, 0.5, 0.7)):
-            eps = fraction * top * world["mu"]
-            acc = pop.robust_accuracy(model, np.ones_like(ratios), ratios, np.full_like(ratios, eps), norm).value
-            ax.plot(ratios, acc, color=style.PALETTE[j], marker=style.MARKERS[j], markevery=10, ms=3,
-                    label=f"$\\epsilon$={eps:.3g}")
-        ax.axvspan(0, 1, color="0.9", zorder=0, label="Claim 2 range $[0, w_1]$")
-        ax.set_xlabel("$w_2 / w_1$")
-        ax.set_ylabel("robust accuracy")
-        ax.set_title(f"{world['preset']}, $\\mu$={world['mu']:g}, $\\sigma$={world['sigma']:g}, {norm}")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08))
+    fig, axes = style.figure(ncols=2, nrows=2, width=3.2, height=2.5, sharex=True)
+    for row, adversary in enumerate(("pairwise", "scorewise")):
+        for i, norm in enumerate(("linf", "l2")):
+            ax = axes[row, i]
+            top = 0.5 if norm == "linf" else 0.5 * np.sqrt(2)
+            for j, fraction in enumerate((0.1, 0.3, 0.5, 0.7)):
+                eps = fraction * top * world["mu"]
+                acc = pop.robust_accuracy(model, np.ones_like(ratios), ratios, np.full_like(ratios, eps), norm,
+                                          adversary=adversary).value
+                ax.plot(ratios, acc, color=style.PALETTE[j], marker=style.MARKERS[j], markevery=10, ms=3,
+                        label=f"$\\epsilon$={eps:.3g}")
+            ax.axvspan(0, 1, color="0.9", zorder=0, label="Claim 2 range $[0, w_1]$")
+            if row == 1:
+                ax.set_xlabel("$w_2 / w_1$")
+            ax.set_ylabel("robust accuracy")
+            who = "joint / logitwise / pgd" if adversary == "pairwise" else "scorewise"
+            ax.set_title(f"{who}, {norm}", fontsize=8)
+    for i in range(2):  # the eps of each norm's column
+        axes[1, i].legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"{world['preset']}, $\\mu$={world['mu']:g}, $\\sigma$={world['sigma']:g}: exact robust accuracy "
+                 "of the tied model (grey: Claim 2's range $[0, w_1]$)", fontsize=9)
     return style.save(fig, out, "claim2_accuracy")
+
+
+_VERDICT_MARK = {"holds": ("o", "#009E73"), "holds in a weaker form": ("o", "#E69F00"), "fails": ("x", "#D55E00"),
+                 "undecided": ("$?$", "0.4"), "not computed": ("", "0.6")}
+
+
+def proofs_check_table(path: Path | None = None) -> dict:
+    """The default table of ``python -m proofs_check`` (``proofs_check/expected.json``, its ``--summary``)."""
+    import json
+
+    path = path or Path(__file__).resolve().parents[1] / "proofs_check" / "expected.json"
+    if not path.exists():
+        raise MissingData(f"no proofs_check table at {path} (python -m proofs_check --summary > {path})")
+    return json.loads(path.read_text())
+
+
+def thresholds(sources: Sources, out: Path) -> list[Path]:
+    """eps0 and eps1 of every formalisation of the default proofs_check table, with the three claims' verdicts."""
+    table = proofs_check_table()
+    rows = table["formalisations"]
+    half = table["world"]["mu"] / 2
+    fig, axes = style.figure(ncols=2, width=4.2, height=0.16 * len(rows) + 1.2, sharey=True,
+                             gridspec_kw={"width_ratios": [3, 1]})
+    ax, verdict_ax = axes[0, 0], axes[0, 1]
+    labels = []
+    for i, row in enumerate(rows):
+        y = len(rows) - 1 - i
+        labels.append(f"{row['attack']} {row['norm']} {row['weights']}" + (" 0-1" if row["objective"] == "zero-one"
+                                                                             else ""))
+        ax.axhline(y, color="0.92", lw=0.6, zorder=0)
+        if row["eps0"] is not None:
+            ax.plot(row["eps0"], y, "o", color=style.PALETTE[0], ms=4)
+        if row["eps1"] is not None:
+            ax.plot(row["eps1"], y, "^", color=style.PALETTE[1], ms=4, mfc="none")
+        for j, claim in enumerate(("1", "2", "3")):
+            marker, colour = _VERDICT_MARK[row["claims"][claim]["verdict"]]
+            if marker:
+                verdict_ax.plot(j, y, ls="", marker=marker, color=colour, ms=3.5)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels[::-1], fontsize=5)
+    ax.set_xlim(0, half)
+    ax.set_xlabel("$\\epsilon$ (input units)")
+    ax.set_title("thresholds ($\\circ$ $\\epsilon_0$ hard labels, $\\triangle$ $\\epsilon_1$ label smoothing)",
+                 fontsize=7)
+    verdict_ax.set_xticks([0, 1, 2])
+    verdict_ax.set_xticklabels(["claim 1", "claim 2", "claim 3"], fontsize=6)
+    verdict_ax.set_xlim(-0.6, 2.6)
+    verdict_ax.set_title("verdicts", fontsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker=m or "s", color=c, mfc=c if m else "none") for m, c in
+               _VERDICT_MARK.values()]
+    fig.legend(handles, list(_VERDICT_MARK), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, fontsize=6)
+    world = table["world"]
+    fig.suptitle(f"proofs_check default table: {world['preset']}, $\\mu$={world['mu']:g}, "
+                 f"$\\sigma$={world['sigma']:g}, "
+                 f"label smoothing $\\alpha$={table['alpha']}", fontsize=8)
+    return style.save(fig, out, "theory_thresholds")

@@ -23,7 +23,10 @@ its minimum over the ball is ``m_k(x) - eps * ||W_y - W_k||_*`` where ``||.||_*`
 * for K > 2 the joint worst case of cross-entropy (a log-sum-exp of affine functions, convex in
   delta) has no closed form in general; giving each wrong logit its own worst-case delta yields
   the *logitwise* logits ``z_k + eps ||W_y - W_k||_*`` (:func:`linear_logitwise_logits`), whose
-  cross-entropy is an upper bound on the joint robust loss and equals it for K = 2.
+  cross-entropy is an upper bound on the joint robust loss and equals it for K = 2;
+* attacking every score on its own (the true score lowered by ``eps ||W_y||_*``, each wrong one raised by
+  ``eps ||W_k||_*``, with no single input realising all of them) gives the *scorewise* logits
+  (:func:`linear_scorewise_logits`): a margin then loses ``eps (||W_y||_* + ||W_k||_*) >= eps ||W_y - W_k||_*``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from .models import linear_parameters
 __all__ = [
     "Norm", "ATTACKS", "pgd", "fgsm", "random_start_delta", "preserve_mode", "frozen_parameters", "linear_margins",
     "linear_worst_margins",
-    "linear_robust_correct", "linear_logitwise_logits", "linear_pairwise_delta", "dual_norm",
+    "linear_robust_correct", "linear_logitwise_logits", "linear_scorewise_logits", "linear_pairwise_delta",
+    "dual_norm",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -252,6 +256,21 @@ def linear_logitwise_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         logits = logits + bias
     diffs = weight[y][:, None, :] - weight[None, :, :]
     return logits + eps * dual_norm(diffs, norm)  # the k = y term is eps * 0
+
+
+def linear_scorewise_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                            norm: Norm | str = Norm.LINF) -> torch.Tensor:
+    """Logits with every score attacked on its own: ``z_y - eps ||W_y||_*`` and ``z_k + eps ||W_k||_*`` (k != y).
+
+    x (N, d), y (N,) -> (N, K). Its cross-entropy bounds the logitwise one from above (triangle inequality).
+    """
+    weight, bias = linear_parameters(model)
+    logits = x @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    row_norms = dual_norm(weight, norm)                                   # (K,)
+    sign = 1.0 - 2.0 * F.one_hot(y, weight.shape[0]).to(logits.dtype)     # -1 on the true class, +1 elsewhere
+    return logits + eps * sign * row_norms
 
 
 def linear_pairwise_delta(model: nn.Module, y: torch.Tensor, k: torch.Tensor, eps: float,

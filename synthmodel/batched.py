@@ -53,7 +53,7 @@ BATCH_VARYING = ("eps", "seed", "label_smoothing", "attack_step_size", "lr", "mo
 def batch_key(config: TrainConfig) -> tuple | None:
     """Hashable key: configs with equal keys can train together; None if this config cannot be batched.
 
-    Batchable: models 'tied' and 'linear', modes 'standard' and 'at' (attacks pgd, fgsm, logitwise),
+    Batchable: models 'tied' and 'linear', modes 'standard' and 'at' (attacks pgd, fgsm, logitwise, scorewise),
     optimizer 'sgd', schedules 'constant' and 'step', no teacher.
     """
     if (config.model not in ("tied", "linear") or config.mode not in (Mode.STANDARD.value, Mode.AT.value)
@@ -239,6 +239,13 @@ class _BatchedTrainer:
         diffs = weight[rows, y][:, :, None, :] - weight[:, None, :, :]           # (E, N, K, d)
         return self.ens.logits(x) + self.eps_t * atk.dual_norm(diffs, self.norm)
 
+    def _scorewise_logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:func:`synthmodel.attacks.linear_scorewise_logits` per member: x (E, N, d), y (E, N) -> (E, N, K)."""
+        weight = self.ens.head_weight()                                          # (E, K, d)
+        row_norms = atk.dual_norm(weight, self.norm)[:, None, :]                 # (E, 1, K)
+        sign = 1.0 - 2.0 * F.one_hot(y, weight.shape[1]).to(row_norms.dtype)
+        return self.ens.logits(x) + self.eps_t * sign * row_norms
+
     def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-member training objective (E,), as _Trainer._batch_loss."""
         c = self.c
@@ -246,6 +253,8 @@ class _BatchedTrainer:
         targets = self._targets(y, k)
         if c.mode == Mode.STANDARD.value:
             return _cross_entropy(self.ens.logits(x), y, targets)
+        if c.attack == "scorewise":
+            return _cross_entropy(self._scorewise_logits(x, y), y, targets)
         if c.attack == "logitwise":
             if targets is None:
                 return _cross_entropy(self._logitwise_logits(x, y), y, None)

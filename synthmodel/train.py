@@ -18,6 +18,9 @@ Definitions used here (see also docs/DEFINITIONS.md):
   soft targets), as in the literature; ``attack='logitwise'`` (linear models only) replaces the
   attack by the closed-form per-logit worst case: the loss of a sample with target distribution t is
   ``sum_c t_c * CE(logitwise_logits(x, c), c)``, each term bounded by its own worst case;
+  ``attack='scorewise'`` (linear models only) attacks every score on its own
+  (:func:`synthmodel.attacks.linear_scorewise_logits`: the scores set by the hard label) and evaluates the
+  objective (soft targets included, a teacher on the clean input) at those logits;
 * a teacher's soft labels are computed on the same (adversarial) input the student sees;
 * robust accuracy of a linear model is computed exactly (closed-form worst margins); of other
   models with PGD (``eval_steps`` steps of size eps/4, random start). CAS uses PGD adversarial
@@ -59,7 +62,7 @@ class Mode(str, Enum):
     TRADES = "trades"
 
 
-TRAIN_ATTACKS = ("pgd", "fgsm", "logitwise")
+TRAIN_ATTACKS = ("pgd", "fgsm", "logitwise", "scorewise")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -92,7 +95,7 @@ class TrainConfig:
     mode: str = "at"                    # standard | at | trades
     eps: float = 0.25                   # threat-model radius (input units); training and evaluation
     norm: str = "linf"                  # linf | l2
-    attack: str = "pgd"                 # inner attack: pgd | fgsm | logitwise (linear models)
+    attack: str = "pgd"                 # inner attack: pgd | fgsm | logitwise | scorewise (linear models)
     attack_steps: int = 10              # PGD steps in training
     attack_step_size: float | None = None  # PGD step (input units); None = eps / 4
     eval_steps: int = 20                # PGD steps for evaluation and CAS
@@ -152,10 +155,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "n_train", "n_test"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attack == "logitwise" and self.model not in ("tied", "linear"):
-            raise ValueError("attack 'logitwise' is closed-form for linear models only (model tied or linear)")
-        if self.attack == "logitwise" and self.mode == Mode.TRADES.value:
-            raise ValueError("attack 'logitwise' applies to mode 'at' (TRADES needs an input-space attack)")
+        if self.attack in ("logitwise", "scorewise") and self.model not in ("tied", "linear"):
+            raise ValueError(f"attack {self.attack!r} is closed-form for linear models only (model tied or linear)")
+        if self.attack in ("logitwise", "scorewise") and self.mode == Mode.TRADES.value:
+            raise ValueError(f"attack {self.attack!r} applies to mode 'at' (TRADES needs an input-space attack)")
         build_world(self)  # validates the world parameters
         return self
 
@@ -332,6 +335,9 @@ class _Trainer:
             if c.attack == "logitwise":
                 return logitwise_objective(self.model, x, y, c.eps, c.norm, teacher_logits=self._teacher_logits(x),
                                            **soft)
+            if c.attack == "scorewise":
+                logits = atk.linear_scorewise_logits(self.model, x, y, c.eps, c.norm)
+                return robust_objective(logits, y, teacher_logits=self._teacher_logits(x), **soft)
             x_adv = self._train_attack(x, y)
             return robust_objective(self.model(x_adv), y, teacher_logits=self._teacher_logits(x_adv), **soft)
         # TRADES: the attack maximises KL(p_natural || p_adv)
@@ -493,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, default=defaults.eps, help="perturbation radius (default %(default)s)")
     g.add_argument("--norm", choices=[n.value for n in atk.Norm], default=defaults.norm)
     g.add_argument("--attack", choices=TRAIN_ATTACKS, default=defaults.attack,
-                   help="inner attack; logitwise = closed-form per-logit worst case (linear models)")
+                   help="inner attack; logitwise = closed-form per-logit worst case, scorewise = every score "
+                        "attacked on its own (both closed form, linear models)")
     g.add_argument("--attack-steps", type=int, default=defaults.attack_steps)
     g.add_argument("--attack-step-size", type=float, default=None, help="default eps/4")
     g.add_argument("--eval-steps", type=int, default=defaults.eval_steps, help="PGD steps for evaluation and CAS")

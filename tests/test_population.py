@@ -15,10 +15,7 @@ from synthmodel.attacks import linear_logitwise_logits, pgd
 from synthmodel.attribution import attribution
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
-    THEORY_PARAMS,
     Formalisation,
-    _levels,
-    _loss_torch,
     first_order_w2,
     loss_derivatives,
     optimal_weights,
@@ -29,6 +26,9 @@ from synthmodel.population import (
     threshold,
     world_from,
 )
+from synthmodel.population.point import theory_table
+from synthmodel.population.reference import levels as _levels
+from synthmodel.population.reference import loss_torch as _loss_torch
 from synthmodel.train import logitwise_objective
 
 PAPER3 = world_from("paper3")
@@ -83,13 +83,13 @@ def test_shifted_lattice_estimates_the_rule_error(k, alpha):
     # difference is Q's error up to the next modes (squares / products of the leading ones, relatively ~the
     # error itself, < 1e-7 here), and their mean has errors of that second order. Checked against the rule at
     # 1/4 (K=3; 1/2 for K=4, to keep the 3-d rule small) of the step, whose own error is far below 1e-13.
-    from synthmodel import _popquad
+    from synthmodel.population import quadrature as quad
     w1, w2, eps = np.array([3.0, 6.0, 4.0]), np.array([2.0, 5.0, 1.0]), np.array([0.2, 0.05, 0.3])
 
     def q(levels, offset):
         if alpha == 0.0:
-            return _popquad.hard_eval(k, 1.0, 0.5, "linf", w1, w2, eps, levels, 0, offset)[0]
-        return _popquad.soft_eval(k, 1.0, 0.5, "linf", "logitwise", alpha, w1, w2, eps, levels, 0, offset)[0]
+            return quad.hard_eval(k, 1.0, 0.5, "linf", w1, w2, eps, levels, 0, offset)[0]
+        return quad.soft_eval(k, 1.0, 0.5, "linf", "logitwise", alpha, w1, w2, eps, levels, 0, offset)[0]
 
     coarse, shifted = q((0, 0), False), q((0, 0), True)
     ref = q((8, 8) if k == 3 else (4, 4), False)
@@ -247,7 +247,7 @@ def test_theory_point_contract():
         assert key in out and (out[key] is None or isinstance(out[key], float))
     assert out["w1"] ** 2 + out["w2"] ** 2 == pytest.approx(1.0, abs=1e-12)
     assert out["quad_error"] < 1e-8
-    assert set(THEORY_PARAMS) >= {"preset", "mu", "sigma", "eps", "alpha", "attack", "norm", "weights"}
+    assert set(theory_table()) >= {"preset", "mu", "sigma", "eps", "alpha", "attack", "norm", "weights"}
     for bad, key in (({"colour": 1}, "colour"), ({"sigma": -1.0}, "sigma"), ({"attack": "fgsm"}, "attack"),
                      ({"alpha": 1.0}, "alpha"), ({"preset": "ring-3"}, "preset"),
                      ({"norm": "l2", "attack": "pgd", "loss": "kd"}, "l_inf")):
@@ -259,19 +259,28 @@ def test_theory_point_contract():
 @pytest.mark.parametrize("preset", ["paper3", "all-but-one-4"])
 @pytest.mark.parametrize("form", [Formalisation(), Formalisation(norm="l2"), Formalisation(alpha=0.2),
                                   Formalisation(attack="joint", alpha=0.2), Formalisation(norm="l2", alpha=0.1),
-                                  Formalisation(weights="weight-decay", weight_decay=0.05)])
-def test_analytic_derivatives_equal_autograd_reference(preset, form, monkeypatch):
+                                  Formalisation(weights="weight-decay", weight_decay=0.05),
+                                  Formalisation(attack="scorewise"), Formalisation(attack="scorewise", norm="l2"),
+                                  Formalisation(attack="scorewise", alpha=0.2),
+                                  Formalisation(attack="scorewise", norm="l2", alpha=0.1),
+                                  Formalisation(attack="scorewise-termwise", alpha=0.2),
+                                  Formalisation(attack="scorewise-termwise", norm="l2", alpha=0.1)])
+def test_analytic_derivatives_equal_autograd_reference(preset, form):
     # two independent codes on the same rule: the analytic numpy engine and autograd through the torch one.
     # Same nodes (quarter-octave level 4 = torch level 1, h = 0.25; K = 4: level 0 = torch 0, h = 0.5, to keep
     # the 3-d rule small), so they agree to rounding (1e-10 covers summation order over ~1e4 O(10) values).
     # Joint + label smoothing: the trapezoid engine (the split one uses other nodes: tested separately)
-    from synthmodel import _popquad, population
-    monkeypatch.setattr(population, "_JOINT_SPLIT", False)
+    from synthmodel.population import quadrature as quad
+
     world = world_from(preset)
     w1, w2, eps = np.array([2.0, 1.0, 4.0, 0.7]), np.array([0.5, 1.0, -0.3, 0.0]), np.array([0.1, 0.2, 0.3, 0.25])
     ours_level, torch_level = ((4, 4), (1, 1)) if world.k == 3 else ((0, 0), (0, 0))
-    ours = loss_derivatives(world, form, w1, w2, eps, level=ours_level)
-    assert _popquad.h_of(ours_level[0]) == 0.5 / 2 ** torch_level[0]
+    if form.attack == "joint" and form.alpha:
+        ours = quad.soft_eval(world.k, world.mu, world.sigma, form.norm, "joint", form.alpha, w1, w2, eps,
+                                  ours_level, 2)
+    else:
+        ours = loss_derivatives(world, form, w1, w2, eps, level=ours_level)
+    assert quad.h_of(ours_level[0]) == 0.5 / 2 ** torch_level[0]
     t = [torch.tensor(v, dtype=torch.float64) for v in (w1, w2, eps)]
     u = torch.stack(t[:2], 1).requires_grad_(True)
     loss = _loss_torch(world, form, u[:, 0], u[:, 1], t[2], torch_level)
@@ -285,11 +294,12 @@ def test_analytic_derivatives_equal_autograd_reference(preset, form, monkeypatch
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_closed_form_sign_matches_numeric_first_order_condition(norm):
-    # the closed form (hard labels) decides thresholds; the numeric derivative on the grid must agree in sign
+    # the derived sign (hard labels, pairwise: sign(2 eps - mu) or -1) and the numeric first-order condition on the
+    # grid agree, and so do the derived threshold (none inside (0, mu/2)) and the bracketed one
     for weights in ("unconstrained", "l2-norm", "class-l2-norm"):
         form = Formalisation(norm=norm, weights=weights)
         th = threshold(PAPER3, form)
-        assert th.eps is None and th.method.startswith("closed form")
+        assert th.derived and th.closed_form is None and th.eps is None
         expected = np.sign(2 * th.grid - PAPER3.mu) if norm == "linf" else -np.ones_like(th.grid)
         assert np.all(np.sign(th.derivative) == expected)
 
@@ -322,3 +332,54 @@ def test_logitwise_label_smoothing_threshold_is_one_minus_alpha_times_half_mu(al
     world = world_from(preset, mu=mu, sigma=sigma)
     th = threshold(world, Formalisation(alpha=alpha))
     assert th.eps == pytest.approx((1 - alpha) * mu / 2, abs=1e-6)
+
+
+def test_theory_kind_keeps_the_point_hashes_and_checks_new_keys():
+    # the point kind is the TheoryPoint dataclass now; its table has no defaults, so a grid's hash covers exactly
+    # the keys it gives: the paper-theory preset hashes as before (first point pinned from the tuple-table code)
+    from synthmodel.sweep.grid import PRESETS, expand_grid
+    from synthmodel.sweep.kinds import get_kind, normalize_params
+
+    grid = expand_grid(PRESETS["paper-theory"].grid_spec(), source="test", code_version="fixed")
+    assert len(grid.points) == 312 and grid.points[0].hash == "63c585ee884faf316997d67710482b45"
+    kind = get_kind("theory")
+    base = {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.1}
+    assert normalize_params(kind, base) == base
+    for good in ({"attack": "scorewise-termwise", "alpha": 0.1}, {"attack": "scorewise", "objective": "zero-one"},
+                 {"preset": "all-but-one-7", "attack": "scorewise", "alpha": 0.2}):
+        normalize_params(kind, {**base, **good})
+    for bad, key in (({"objective": "zero-one"}, "zero-one"), ({"objective": "mse"}, "objective"),
+                     ({"mu": 0.0}, "mu"), ({"preset": "all-but-one-6", "attack": "joint", "alpha": 0.1}, "K = 6")):
+        with pytest.raises(ValueError, match=key):
+            normalize_params(kind, {**base, **bad})
+
+
+def test_registry_answers_what_the_engine_computes():
+    # supports(form, K) is the one answer: where it names a routine the engine evaluates (finite values), where it
+    # does not the engine raises ValueError with the same reason
+    import re
+
+    from synthmodel.population import FORMALISATION_ATTACKS, NORMS, ROUTINES, supports
+    from synthmodel.population.engine import _evaluate
+    from synthmodel.population.registry import HESSIANS, TARGETS
+
+    for routine in ROUTINES:
+        assert set(routine.targets) <= set(TARGETS) and routine.hessian in HESSIANS
+    one = np.ones(1)
+    for k in (3, 4, 6):
+        world = world_from(f"all-but-one-{k}")
+        for attack in FORMALISATION_ATTACKS:
+            for norm in NORMS:
+                for extra in ({}, {"alpha": 0.1}, {"loss": "kd", "teacher_w1": 1.0, "teacher_w2": 0.3},
+                              {"objective": "zero-one"}):
+                    try:
+                        form = Formalisation(attack=attack, norm=norm, **extra)
+                    except ValueError:
+                        continue  # a contradiction, refused when the formalisation is made
+                    answer = supports(form, k)
+                    if answer:
+                        loss = _evaluate(world, form, 1.2 * one, 0.4 * one, 0.1 * one, (0, 0), 0)[0]
+                        assert np.all(np.isfinite(loss)), (k, form)
+                    else:
+                        with pytest.raises(ValueError, match=re.escape(answer.reason)):
+                            _evaluate(world, form, 1.2 * one, 0.4 * one, 0.1 * one, (0, 0), 0)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from synthmodel import _popquad, make_preset, sample
 from synthmodel import attacks as atk
+from synthmodel import make_preset, sample
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
     Formalisation,
@@ -22,6 +22,7 @@ from synthmodel.population import (
     validate_theory_params,
     world_from,
 )
+from synthmodel.population import quadrature as quad
 from tests.fd_check import assert_derivatives_match_fd
 
 PAPER3 = world_from("paper3")
@@ -30,7 +31,7 @@ JOINT_L2 = Formalisation(attack="joint", norm="l2")
 
 def _exact_inner(m1: float, m2: float, rho: float) -> float:
     """max over the sphere of log(1 + e^(-m1 + shift_1) + e^(-m2 + shift_2)) from the engine's fixed-point roots."""
-    roots = _popquad._joint_l2_roots(np.array([m2 - m1]), np.array([rho])).ravel()
+    roots = quad._joint_l2_roots(np.array([m2 - m1]), np.array([rho])).ravel()
 
     def value(t):
         q = 1.0 / (1.0 + math.exp(-t))
@@ -168,8 +169,8 @@ def test_ellipse_search_equals_a_brute_force_search_of_the_sphere():
     for _ in range(30):
         m1, m2 = rng.normal(0, 3, 2)
         rho = rng.uniform(0.05, 8.0)
-        theta = _popquad._ellipse_argmax(np.array([[-m1, -m2]]), np.array([rho]), tau)[0]
-        z = np.array([-m1, -m2]) + rho * _popquad._ellipse(np.array(theta))[0]
+        theta = quad._ellipse_argmax(np.array([[-m1, -m2]]), np.array([rho]), tau)[0]
+        z = np.array([-m1, -m2]) + rho * quad._ellipse(np.array(theta))[0]
         ours = float(np.logaddexp(0.0, np.logaddexp(*z)) - tau * z.sum())
 
         def smoothed(a, b1, b2, m1=m1, m2=m2, rho=rho):
@@ -190,8 +191,8 @@ def test_ellipse_search_at_alpha_zero_equals_the_fixed_point_solution():
     rng = np.random.default_rng(6)
     m = rng.normal(0, 3, (200, 2))
     rho = rng.uniform(0.05, 8.0, 200)
-    theta = _popquad._ellipse_argmax(-m, rho, 0.0)
-    z = -m + rho[:, None] * _popquad._ellipse(theta)[0]
+    theta = quad._ellipse_argmax(-m, rho, 0.0)
+    z = -m + rho[:, None] * quad._ellipse(theta)[0]
     ellipse = np.logaddexp(0.0, np.logaddexp(z[:, 0], z[:, 1]))
     fixed = np.array([_exact_inner(m1, m2, r) for (m1, m2), r in zip(m, rho, strict=True)])
     np.testing.assert_allclose(ellipse, fixed, rtol=0, atol=1e-12)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthmodel import _popquad, make_preset, sample
+from synthmodel import make_preset, sample
 from synthmodel.models import TiedLinear
 from synthmodel.population import (
     Formalisation,
@@ -19,6 +19,7 @@ from synthmodel.population import (
     validate_theory_params,
     world_from,
 )
+from synthmodel.population import quadrature as quad
 from synthmodel.train import logitwise_objective
 
 
@@ -34,13 +35,13 @@ def test_frullani_representation_equals_the_xi_eta_engine(k, norm, alpha):
     eps = np.array([0.1, 0.2, 0.3, 0.25, 0.15, 0.05])
     if k == 4:  # the 3-d reference rule for |w| ~ 10 takes ~20 s: moderate weights only
         w1, w2, eps = w1[[0, 1, 2, 3, 5]], w2[[0, 1, 2, 3, 5]], eps[[0, 1, 2, 3, 5]]
-    base = _popquad.levels_for(k, 0.5, w1, w2)
+    base = quad.levels_for(k, 0.5, w1, w2)
     level = (base[0] + 4, base[1] + (4 if k == 3 else 0))
     if alpha:
-        ref = _popquad.soft_eval(k, 1.0, 0.5, norm, "logitwise", alpha, w1, w2, eps, level, 2)
+        ref = quad.soft_eval(k, 1.0, 0.5, norm, "logitwise", alpha, w1, w2, eps, level, 2)
     else:
-        ref = _popquad.hard_eval(k, 1.0, 0.5, norm, w1, w2, eps, level, 2)
-    ours = _popquad.frullani_eval(k, 1.0, 0.5, norm, w1, w2, eps, base, 2, alpha=alpha)
+        ref = quad.hard_eval(k, 1.0, 0.5, norm, w1, w2, eps, level, 2)
+    ours = quad.frullani_eval(k, 1.0, 0.5, norm, w1, w2, eps, base, 2, alpha=alpha)
     for a, b in zip(ref, ours, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
 
@@ -70,7 +71,7 @@ def test_loss_grows_with_the_number_of_classes():
 def test_many_classes_rules_agree_and_threshold_follows_the_closed_form():
     world = world_from("all-but-one-10")
     res = robust_loss(world, Formalisation(), [3.0, 9.0], [1.0, 6.0], [0.1, 0.4])
-    finer = _popquad.frullani_eval(10, 1.0, 0.5, "linf", np.array([3.0, 9.0]), np.array([1.0, 6.0]),
+    finer = quad.frullani_eval(10, 1.0, 0.5, "linf", np.array([3.0, 9.0]), np.array([1.0, 6.0]),
                                    np.array([0.1, 0.4]), (16, 16), 0)[0]
     assert np.all(res.error < 1e-8)
     np.testing.assert_allclose(res.value, finer, rtol=0, atol=1e-8 + res.error.max())

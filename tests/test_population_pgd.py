@@ -12,9 +12,10 @@ from synthmodel import attacks as atk
 from synthmodel import make_preset, sample
 from synthmodel.losses import robust_objective
 from synthmodel.models import TiedLinear
-from synthmodel.population import Formalisation, loss_derivatives, optimal_weights, robust_loss, world_from
-from synthmodel.train import TrainConfig, train
+from synthmodel.population import Formalisation, robust_loss, world_from
+from synthmodel.train import TrainConfig
 from tests.fd_check import assert_derivatives_match_fd
+from tests.training_check import assert_training_reaches_the_population_optimum
 
 PAPER3 = world_from("paper3")
 
@@ -63,30 +64,15 @@ def test_pgd_label_smoothing_gradient_matches_finite_differences():
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
 def test_training_loop_converges_to_the_population_optimum(alpha):
     # synthmodel.train itself (PGD-10 attack, full-batch SGD with momentum, 300 epochs: the gradient of the
-    # sampled objective is < 1e-6 at the end) on n = 2e4 samples; the sample minimiser deviates from the
-    # population one by ~ sqrt(diag(H^-1 J H^-1) / n) (M-estimation, J the per-sample gradient covariance
-    # from 50 batch means of 400); allow 5 of those
-    n, eps = 20_000, 0.15
-    config = TrainConfig(model="tied", mode="at", attack="pgd", eps=eps, label_smoothing=alpha, n_train=n,
-                         batch_size=n, optimizer="sgd", lr=2.0, momentum=0.9, schedule="constant", epochs=300,
+    # sampled objective is < 1e-6 at the end) on n = 2e4 samples, within 5 M-estimation standard errors
+    eps = 0.15
+    config = TrainConfig(model="tied", mode="at", attack="pgd", eps=eps, label_smoothing=alpha, n_train=20_000,
+                         batch_size=20_000, optimizer="sgd", lr=2.0, momentum=0.9, schedule="constant", epochs=300,
                          dtype="float64", n_test=100, eval_steps=1, seed=3)
-    result = train(config)
-    w_train = np.array([float(result.model.head.w1.detach()), float(result.model.head.w2.detach())])
-    form = Formalisation(attack="pgd", alpha=alpha)
-    pop = optimal_weights(PAPER3, form, [eps])
-    w_pop = np.array([pop["w1"][0], pop["w2"][0]])
-    _, _, hess = loss_derivatives(PAPER3, form, *w_pop, eps)
-    world = make_preset("paper3")
-    x, y = sample(world, n, 99, dtype="float64")  # fresh samples for the covariance
-    model = TiedLinear(world, *w_pop, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
-    grads = []
-    for i in range(0, n, 400):
-        loss = _sampled_objective(model, x[i:i + 400], y[i:i + 400], eps, alpha, gen)
-        grads.append([float(g) for g in torch.autograd.grad(loss, [model.head.w1, model.head.w2])])
-    hinv = np.linalg.inv(hess[0])
-    se = np.sqrt(np.diag(hinv @ (np.cov(np.array(grads).T) * 400) @ hinv) / n)
-    assert np.all(np.abs(w_train - w_pop) < 5 * se)
+    assert_training_reaches_the_population_optimum(
+        config, Formalisation(attack="pgd", alpha=alpha),
+        lambda model, x, y: _sampled_objective(model, x, y, eps, alpha, gen))
 
 
 def test_pgd_l2_label_smoothing_derivatives_and_joint_bound():

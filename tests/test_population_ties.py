@@ -60,3 +60,16 @@ def test_joint_l2_label_smoothing_optimum_is_stationary_at_a_finer_rule():
     # 1.3e-2..3.6e-2 with w_error 6.8e-3; now the gradient converges and what is left is ~1e-6
     assert np.all(distance < 1e-4), distance
     assert np.all(r["w_error"] < 1e-4), r["w_error"]
+
+
+def test_a_collapsed_optimum_is_exactly_zero_with_an_undefined_ratio():
+    # joint + label smoothing at eps = mu/2: no feature survives the attack and the zero model (objective log K) is
+    # optimal; the optimiser used to return denormal weights (w1 ~ -9e-43, w2 ~ -7e-23, ratio 7.4e19)
+    from synthmodel.population import theory_point
+
+    opt = optimal_weights(World(3, 1.0, 0.5), Formalisation(attack="joint", alpha=0.1), [0.5, 0.45])
+    assert opt["w1"][0] == 0.0 and opt["w2"][0] == 0.0
+    assert opt["objective"][0] == pytest.approx(np.log(3.0), abs=1e-12)
+    assert opt["w1"][1] > 0.1 and opt["w2"][1] > 0.1  # below mu/2 the optimum is not collapsed
+    out = theory_point({"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.5, "attack": "joint", "alpha": 0.1})
+    assert out["w1"] == 0.0 and out["w2"] == 0.0 and out["ratio"] is None and out["cas"] is None

@@ -203,57 +203,29 @@ register_kind(PointKind(
     description="finite-sample training run (synthmodel.train.TrainConfig keys); linear models batched"))
 
 
-# -- built-in kind: theory (population engine, imported lazily) ---------------------------------
-def _population():
+# -- built-in kind: theory (synthmodel.population.point, imported lazily) ---------------------------
+def _theory_module():
     import importlib
 
     try:
-        population = importlib.import_module("synthmodel.population")
+        return importlib.import_module("synthmodel.population.point")
     except ModuleNotFoundError as exc:
-        if exc.name == "synthmodel.population":
-            raise ValueError("point kind 'theory' needs synthmodel.population (theory_point, THEORY_PARAMS), "
-                             "which this installation lacks") from None
+        if exc.name in ("synthmodel.population", "synthmodel.population.point"):
+            raise ValueError("point kind 'theory' needs synthmodel.population, which this installation lacks") from None
         raise
-    return population
 
 
 def _theory_table() -> dict[str, Param]:
-    """Validation table from ``synthmodel.population.THEORY_PARAMS`` (key -> tuple of allowed values).
-
-    ``("float", low, high)`` means a number in [low, high) (the engine's own check then refines open
-    ends, e.g. sigma > 0); a tuple of Python types (e.g. ``(float,)``) means "any value of that type";
-    an empty tuple means "any scalar"; otherwise it is the closed set of allowed values. No defaults are filled in: the
-    population engine applies its own, and the hash covers exactly the keys given.
-    """
-    table: dict[str, Param] = {}
-    for key, allowed in _population().THEORY_PARAMS.items():
-        allowed = tuple(allowed)
-        if len(allowed) == 3 and allowed[0] == "float":  # ("float", low, high): a number in [low, high)
-            low, high = float(allowed[1]), float(allowed[2])
-            table[key] = Param("float", check=lambda v, low=low, high=high: low <= v < high,
-                               rule=f"in [{low:g}, {high:g})")
-        elif allowed and all(isinstance(a, type) for a in allowed):
-            kind = "float" if float in allowed else "int" if int in allowed else "bool" if bool in allowed else "str"
-            table[key] = Param(kind)
-        elif not allowed:
-            table[key] = Param("float")
-        else:
-            first = allowed[0]
-            kind = ("bool" if isinstance(first, bool) else "str" if isinstance(first, str)
-                    else "int" if all(isinstance(a, int) for a in allowed) else "float")
-            table[key] = Param(kind, choices=tuple(float(a) if kind == "float" else a for a in allowed))
-    return table
+    return _theory_module().theory_table()
 
 
 def _theory_check(params: dict) -> None:
-    validate = getattr(_population(), "validate_theory_params", None)
-    if validate is not None:
-        validate(params)
+    _theory_module().validate_theory_params(params)
 
 
 def run_theory(params: dict) -> dict:
     """One point of the exact population engine (``synthmodel.population.theory_point``)."""
-    return dict(_population().theory_point(dict(params)))
+    return dict(_theory_module().theory_point(dict(params)))
 
 
 register_kind(PointKind(

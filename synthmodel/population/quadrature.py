@@ -1,8 +1,9 @@
 """Quadrature rules and *analytic* loss / gradient / Hessian of the tied model's robust loss (numpy).
 
-Private engine of :mod:`synthmodel.population` (whose docstring gives the reduction to the Gaussian
-coordinates (xi, eta)). The autograd version there (``_loss_torch``) is kept as an independent reference;
-tests check that the two agree.
+The routines behind :mod:`synthmodel.population.registry` (the package docstring gives the reduction to the
+Gaussian coordinates (xi, eta)). :mod:`synthmodel.population.reference` (autograd) is an independent reference;
+tests check that the two agree. Every routine takes the attack's margin loss from :func:`attack_radius`
+(pairwise or scorewise).
 
 **Rule.** A tensor trapezoid rule: xi on ``h_xi Z``, eta on ``h_eta Z^(K-2)``, both cut at |t| <= 8 (the
 Gaussian mass beyond is ~1e-15), with Gaussian weights. Step sizes come in quarter octaves
@@ -39,6 +40,7 @@ import numpy as np
 from scipy.special import expit
 
 _RANGE = 8.0       # nodes on |t| <= 8 per dimension: P(|Z| > 8) = 1.2e-15
+_MASS = math.erf(_RANGE / math.sqrt(2.0))  # P(|Z| <= 8)
 LOG_TARGET = 21.0  # step chosen so that the trapezoid error bound is exp(-21) ~ 8e-10 (see _h_required)
 MAX_LEVEL = 40     # h = 0.5 * 2^-10
 _TINY = 1e-300
@@ -159,7 +161,32 @@ def rule(k: int, level_xi: int, level_eta: int, offset: bool = False
     return xi, wxi, np.ascontiguousarray(dev), weta
 
 
-def _geometry(k: int, norm: str, w1, w2, eps):
+def attack_radius(k: int, norm: str, adversary: str, w1, w2):
+    """r(w) with the attack's margin loss R = eps r(w), and its first and second derivatives (numpy, (B,)).
+
+    ``pairwise`` (joint, logitwise, pgd): r = ||W_y - W_k||_* = 2 (|w1| + |w2|) (l_inf, dual l1) or
+    sqrt(2 (w1^2 + w2^2)) (l2). ``scorewise``: r = ||W_y||_* + ||W_k||_* = 2 ||W_k||_*, the class row having w1 once
+    and w2 K-1 times: 2 (|w1| + (K-1) |w2|) or 2 sqrt(w1^2 + (K-1) w2^2). At a signed zero the l_inf derivative is
+    the one of the side the zero's sign selects. Returns r (B,), dr (B, 2), d2r (B, 2, 2).
+    """
+    b = w1.size
+    c2 = 1.0 if adversary == "pairwise" else float(k - 1)   # weight of w2 in the norm
+    scale = 2.0 if norm == "linf" or adversary == "scorewise" else math.sqrt(2.0)
+    if norm == "linf":
+        s1, s2 = np.copysign(1.0, w1), np.copysign(1.0, w2)
+        r = scale * (s1 * w1 + c2 * s2 * w2)
+        dr = scale * np.stack([s1, c2 * s2], axis=1)
+        d2r = np.zeros((b, 2, 2))
+    else:
+        n = np.maximum(np.sqrt(w1 * w1 + c2 * w2 * w2), _TINY)
+        u = np.stack([w1, c2 * w2], axis=1) / n[:, None]
+        r = scale * n
+        dr = scale * u
+        d2r = scale * (np.diag([1.0, c2])[None] - u[:, :, None] * u[:, None, :]) / n[:, None, None]
+    return r, dr, d2r
+
+
+def _geometry(k: int, norm: str, w1, w2, eps, adversary: str = "pairwise"):
     """sd and its derivatives; attack radius R = eps r(w) and its derivatives (right ones at signed zeros)."""
     b = w1.size
     sd = np.sqrt(w1 * w1 + w2 * w2 / (k - 1))
@@ -170,27 +197,20 @@ def _geometry(k: int, norm: str, w1, w2, eps):
     d2sd[:, 0, 0] = (w2 * w2 / (k - 1)) / sd3
     d2sd[:, 0, 1] = d2sd[:, 1, 0] = -w1 * w2 / ((k - 1) * sd3)
     d2sd[:, 1, 1] = w1 * w1 / ((k - 1) * sd3)
-    if norm == "linf":
-        s1, s2 = np.copysign(1.0, w1), np.copysign(1.0, w2)
-        r = 2.0 * (s1 * w1 + s2 * w2)
-        dr = 2.0 * np.stack([s1, s2], axis=1)
-        d2r = np.zeros((b, 2, 2))
-    else:
-        r = np.maximum(np.sqrt(2.0 * (w1 * w1 + w2 * w2)), _TINY)
-        dr = 2.0 * np.stack([w1, w2], axis=1) / r[:, None]
-        d2r = (2.0 * np.eye(2)[None] - dr[:, :, None] * dr[:, None, :]) / r[:, None, None]
+    r, dr, d2r = attack_radius(k, norm, adversary, w1, w2)
     e = eps[:, None]
     return sd, dsd, d2sd, eps * r, dr * e, d2r * e[:, None]
 
 
 def hard_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, levels: tuple[int, int], order: int = 2,
-              offset: bool = False):
-    """Hard-label robust CE (logitwise; == joint for l_inf): loss (B,), grad (B, 2), Hessian (B, 2, 2).
+              offset: bool = False, adversary: str = "pairwise"):
+    """Hard-label robust CE (logitwise; == joint for l_inf; scorewise with ``adversary='scorewise'``): loss (B,),
+    grad (B, 2), Hessian (B, 2, 2).
 
     ``order`` 0 / 1 / 2: what to compute (the others are returned as None). ``offset``: the shifted rule.
     """
     xi, wxi, dev, weta = rule(k, *levels, offset)
-    sd, dsd, d2sd, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
+    sd, dsd, d2sd, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps, adversary)
     a = (-sigma * w2)[:, None, None] * dev[None]                          # (B, J, K-1)
     amax = a.max(axis=-1, keepdims=True)
     ea = np.exp(a - amax)
@@ -262,8 +282,10 @@ def _add_soft_ce_derivatives(grad_n, hess_n, mask, p, target, s, jz, d_radius, d
 
 
 def soft_eval(k: int, mu: float, sigma: float, norm: str, attack: str, alpha: float, w1, w2, eps,
-              levels: tuple[int, int], order: int = 2, offset: bool = False):
-    """Robust CE with label-smoothed targets, logitwise (sum over targets) or joint (max over sign patterns).
+              levels: tuple[int, int], order: int = 2, offset: bool = False, adversary: str = "pairwise"):
+    """Robust CE with label-smoothed targets, logitwise (sum over targets, each with its own worst case; with
+    ``adversary='scorewise'`` the scorewise-termwise attack) or joint (max over sign patterns on the plain
+    trapezoid rule: the reference for :func:`joint_split_eval`, which splits the lines at the ties).
 
     Returns loss (B,), grad (B, 2), Hessian (B, 2, 2) (None beyond ``order``).
     """
@@ -272,7 +294,7 @@ def soft_eval(k: int, mu: float, sigma: float, norm: str, attack: str, alpha: fl
     dev = np.tile(dev_1, (xi_1.size, 1))                                   # (N, K-1)
     wn = np.outer(wxi, weta).ravel()
     b = w1.size
-    sd, dsd, d2sd, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
+    sd, dsd, d2sd, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps, adversary)
     margins = ((w1 + w2) * mu)[:, None, None] + sigma * (sd[:, None, None] * xi[None, :, None]
                                                         + w2[:, None, None] * dev[None])   # (B, N, K-1)
     z = np.concatenate([np.zeros(margins.shape[:2] + (1,)), -margins], axis=-1)          # (B, N, K)
@@ -362,8 +384,13 @@ def kd_targets(mu: float, sigma: float, teacher: tuple[float, float, float], e: 
 
 
 def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, float, float], w1, w2, eps,
-            levels: tuple[int, int], order: int = 2, offset: bool = False, attack: str = "logitwise"):
+            levels: tuple[int, int], order: int = 2, offset: bool = False, attack: str = "logitwise",
+            adversary: str = "pairwise"):
     """Robust distillation loss: loss, grad, Hessian.
+
+    ``adversary``: the margin loss R = eps r(w) (:func:`attack_radius`): 'scorewise' for the scorewise attacks.
+    ``attack='scores'`` (the attack 'scorewise'): the scores set by the hard label (every wrong logit up by R over
+    the true one), the teacher on the clean input (no single adversarial input exists), one soft CE there.
 
     ``logitwise``: ``E sum_c t_c(x) CE(z + R [j != c], c)``, t = :func:`kd_targets` of the teacher on the
     clean input (independent of the student's weights, so the gradient and Hessian are those of the
@@ -382,7 +409,7 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
     """
     e, c, wn = kd_rule(k, *levels, offset)
     b, n = w1.size, e.size
-    _, _, _, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps)
+    _, _, _, radius, d_radius, d2_radius = _geometry(k, norm, w1, w2, eps, adversary)
     margins = ((w1 + w2) * mu)[:, None, None] + sigma * (w1[:, None, None] * e[None, :, None]
                                                         + w2[:, None, None] * c[None])        # (B, N, K-1)
     z = np.concatenate([np.zeros((b, n, 1)), -margins], axis=-1)                             # (B, N, K)
@@ -394,6 +421,8 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
         shift_t = 2.0 * eps * (a1 * np.copysign(1.0, w1) + a2 * np.copysign(1.0, w2))
         tgt = kd_targets(mu, sigma, teacher, e, c, shift_t)                                   # (B, N, K)
         classes = [(1.0 - eye[0], tgt)]  # one CE term: its targets already sum the classes
+    elif attack == "scores":
+        classes = [(1.0 - eye[0], kd_targets(mu, sigma, teacher, e, c)[None])]
     else:
         tgt = kd_targets(mu, sigma, teacher, e, c)                                            # (N, K)
         classes = [(1.0 - eye[cls], tgt[None, :, cls]) for cls in range(k)]
@@ -409,7 +438,7 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
         ymax = y.max(axis=-1, keepdims=True)
         ey = np.exp(y - ymax)
         tot = ey.sum(-1, keepdims=True)
-        if attack == "vertex":  # soft CE sum_c t_c (LSE(y) - y_c), the t_c summing to 1
+        if attack in ("vertex", "scores"):  # soft CE sum_c t_c (LSE(y) - y_c), the t_c summing to 1
             node_loss += np.log(tot[..., 0]) + ymax[..., 0] - (weight * y).sum(-1)
             mask, target = np.ones((1, 1)), weight
         else:
@@ -423,7 +452,8 @@ def kd_eval(k: int, mu: float, sigma: float, norm: str, teacher: tuple[float, fl
     return loss, grad, hess
 
 
-_GL_NODES = 12  # Gauss-Legendre nodes per piece of an xi line (the shifted rule uses 16)
+_GL_NODES = 8  # Gauss-Legendre nodes per piece of a line
+_GL_NODES_SHIFTED = 12  # ... and of the verifying rule (a different rule, so that their difference estimates the error)
 
 
 def _joint_xi_nodes(k: int, mu: float, sigma: float, alpha: float, w1, w2, sd, radius, dev: np.ndarray,
@@ -468,16 +498,18 @@ def _joint_xi_nodes(k: int, mu: float, sigma: float, alpha: float, w1, w2, sd, r
 def _split_line_nodes(bps: np.ndarray, level_xi: int, offset: bool) -> tuple[np.ndarray, np.ndarray]:
     """xi nodes (B, J, M) and Gauss-Legendre weights times phi of lines cut into panels of width <= 4 h (h the
     trapezoid step of this level) and at the breakpoints ``bps`` (B, J, m; padding at +8 adds empty panels).
-    12 nodes per piece (16 for the shifted, verifying rule)."""
+    _GL_NODES per piece (_GL_NODES_SHIFTED for the shifted, verifying rule)."""
     width = min(2.0, 4.0 * h_of(level_xi))
     n_panel = int(math.ceil(2 * _RANGE / width))
     fixed = np.linspace(-_RANGE, _RANGE, n_panel + 1)
     edges = np.sort(np.concatenate([np.broadcast_to(fixed, bps.shape[:2] + fixed.shape), bps], -1), -1)
     lo, hi = edges[..., :-1], edges[..., 1:]
-    t, wt = np.polynomial.legendre.leggauss(16 if offset else _GL_NODES)
+    t, wt = np.polynomial.legendre.leggauss(_GL_NODES_SHIFTED if offset else _GL_NODES)
     half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
     xi = (mid[..., None] + half[..., None] * t).reshape(*edges.shape[:2], -1)
     wgt = (half[..., None] * wt).reshape(xi.shape) * np.exp(-0.5 * xi * xi) / math.sqrt(2 * math.pi)
+    # each line's weights sum to the exact Gaussian mass of [-8, 8]: constants (the zero model) integrate exactly
+    wgt *= _MASS / wgt.sum(-1, keepdims=True)
     return xi, wgt
 
 
@@ -509,33 +541,57 @@ def joint_split_eval(k: int, mu: float, sigma: float, norm: str, alpha: float, w
     tau = np.full(k, alpha / k)
     tau[0] += 1.0 - alpha
     pats = joint_patterns(k)
-    values, cache = [], []
-    for pat in pats:
-        y = z + 0.5 * radius[:, None, None] * pat
-        ymax = y.max(axis=-1, keepdims=True)
-        ey = np.exp(y - ymax)
-        tot = ey.sum(-1, keepdims=True)
-        values.append(np.log(tot[..., 0]) + ymax[..., 0] - y @ tau)
-        cache.append(ey / tot)
-    values = np.stack(values, axis=-1)
-    pick = values.argmax(axis=-1)
-    loss = (np.take_along_axis(values, pick[..., None], axis=-1)[..., 0] * wn).sum(1)
+    c = 0.5 * radius[:, None]                                                # (B, 1): R s = c * pattern
+    z_tau = z @ tau                                                          # (B, N)
+    # LSE of pattern P = top + log(e^-top + sum_j e^(z_j - top) f_j), f_j = e^(c P_j) with P_j in {-2, 0, 2}:
+    # the exponentials are taken once per node and class, not once per pattern (top >= every logit's 0 and z_j)
+    top = z[..., 1]
+    for j in range(2, k):
+        top = np.maximum(top, z[..., j])
+    top = np.maximum(top, 0.0) + 2.0 * c
+    ez = [np.exp(z[..., j] - top) for j in range(1, k)]
+    factor = {v: np.exp(c * v) for v in (-2.0, 0.0, 2.0)}
+    base = np.exp(-top)
+    best = pick = None
+    for idx, pat in enumerate(pats):  # the adversary's pattern per node: the largest soft CE
+        total = base.copy()
+        for j in range(1, k):
+            total += ez[j - 1] * factor[float(pat[j])]
+        value = top + np.log(total) - z_tau - c * float(pat @ tau)
+        if best is None:
+            best, pick = value, np.zeros(value.shape, dtype=np.intp)
+        else:
+            better = value > best
+            best = np.where(better, value, best)
+            pick = np.where(better, idx, pick)
+    loss = (best * wn).sum(1)
     if order == 0:
         return loss, None, None
+    # derivatives of the active pattern only (its softmax and shift per node)
+    shift = 0.5 * pats[pick]                                                 # (B, N, K)
+    y = z + radius[:, None, None] * shift
+    p = np.exp(y - _lse_last(y)[..., None])
     jz = np.zeros((b, n, k, 2))
     jz[:, :, 1:, 0] = -(mu + sigma * dsd[:, 0, None] * xi)[..., None]
     jz[:, :, 1:, 1] = -(mu + sigma * (dsd[:, 1, None, None] * xi[..., None] + dev[None]))
-    grad_n = np.zeros((b, n, 2))
-    hess_n = np.zeros((b, n, 2, 2)) if order == 2 else None
-    for t_idx, pat in enumerate(pats):
-        mask = (pick == t_idx).astype(np.float64)
-        if not mask.any():
-            continue
-        _add_soft_ce_derivatives(grad_n, hess_n, mask, cache[t_idx], tau, 0.5 * pat, jz, d_radius, d2_radius,
-                                 sigma * xi, d2sd)
-    grad = np.einsum("bna,bn->ba", grad_n, wn)
-    hess = np.einsum("bnac,bn->bac", hess_n, wn) if order == 2 else None
-    return loss, grad, hess
+    jy = jz + shift[..., None] * d_radius[:, None, None, :]
+    g = p - tau
+    grad = np.einsum("bnk,bnka,bn->ba", g, jy, wn)
+    if order == 1:
+        return loss, grad, None
+    pj = np.einsum("bnk,bnka->bna", p, jy)
+    h = np.einsum("bnk,bnka,bnkc->bnac", p, jy, jy) - pj[..., :, None] * pj[..., None, :]
+    h += (-(g[..., 1:].sum(-1)) * sigma * xi)[..., None, None] * d2sd[:, None]
+    h += (g * shift).sum(-1)[..., None, None] * d2_radius[:, None]
+    return loss, grad, np.einsum("bnac,bn->bac", h, wn)
+
+
+def _lse_last(y: np.ndarray) -> np.ndarray:
+    """log-sum-exp over a short last axis by pairwise logaddexp (faster than a reduction over K <= 4 entries)."""
+    out = y[..., 0]
+    for j in range(1, y.shape[-1]):
+        out = np.logaddexp(out, y[..., j])
+    return out
 
 
 # -- joint l2, hard labels (K = 3) ---------------------------------------------------------------------------
@@ -590,14 +646,14 @@ def _joint_l2_roots(d: np.ndarray, rho: np.ndarray) -> np.ndarray:
 def _half_line_gl(level: int, offset: bool, width: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Composite Gauss-Legendre on [0, 8] (panels of width <= ``width`` h(level)), weights 2 phi(t): the eta
     half-line for an integrand that is smooth on t >= 0 but not at 0 as an even function (a kink at eta = 0).
-    ``offset`` (the error-estimate partner) uses 16 nodes per panel instead of 12."""
+    ``offset`` (the error-estimate partner) uses _GL_NODES_SHIFTED nodes per panel instead of _GL_NODES."""
     panels = max(1, int(math.ceil(_RANGE / (width * h_of(level)))))
-    x, w = np.polynomial.legendre.leggauss(16 if offset else _GL_NODES)
+    x, w = np.polynomial.legendre.leggauss(_GL_NODES_SHIFTED if offset else _GL_NODES)
     edges = np.linspace(0.0, _RANGE, panels + 1)
     half = 0.5 * np.diff(edges)
     t = (edges[:-1, None] + half[:, None] * (x[None] + 1.0)).ravel()
     wt = (half[:, None] * w[None]).ravel() * 2.0 * np.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
-    return t, wt
+    return t, wt * (_MASS / wt.sum())  # the exact mass of |t| <= 8, as the xi lines
 
 
 def joint_l2_eval(k: int, mu: float, sigma: float, w1, w2, eps, levels: tuple[int, int], order: int = 2,
@@ -742,7 +798,7 @@ def _normal_line(level: int, offset: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, levels: tuple[int, int], order: int = 2,
-                  offset: bool = False, alpha: float = 0.0):
+                  offset: bool = False, alpha: float = 0.0, adversary: str = "pairwise"):
     """Logitwise robust CE (hard labels == joint for l_inf) for any K by a 1-d outer integral: loss, grad, Hessian.
 
     For class y the loss is log(1 + B S) with B = exp(R - w1 E), S = sum_k exp(-w2 C_k) over the K - 1 wrong
@@ -768,10 +824,7 @@ def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, level
     c_nodes, c_w = _normal_line(levels[1] + 4, offset)
     h_v = min(0.35, h_of(levels[0] + 4), h_of(levels[1] + 4))
     w1n, w2n, epsn = (np.asarray(a, dtype=np.float64) for a in (w1, w2, eps))
-    if norm == "linf":
-        radius = 2.0 * (np.abs(w1n) + np.abs(w2n)) * epsn
-    else:
-        radius = np.sqrt(2.0 * (w1n * w1n + w2n * w2n)) * epsn
+    radius = attack_radius(k, norm, adversary, w1n, w2n)[0] * epsn
     # v range: 1 - phi^(K-1) ~ (K-1) e^(v - w2 mu + w2^2 sigma^2 / 2) below; psi(v - R) < e^-42 above
     lo = w2n * mu - 0.5 * (w2n * sigma) ** 2 - math.log(k - 1) - 42.0 - 8.0 * np.abs(w2n) * sigma
     hi = radius - w1n * mu + 8.0 * np.abs(w1n) * sigma + math.log(42.0) + 1.0
@@ -787,11 +840,13 @@ def frullani_eval(k: int, mu: float, sigma: float, norm: str, w1, w2, eps, level
     c_t, cw_t = torch.from_numpy(mu + sigma * c_nodes), torch.from_numpy(c_w)
     v_t, vw_t = torch.from_numpy(v), torch.from_numpy(v_w)
     with torch.enable_grad() if order >= 1 else torch.no_grad():
+        c2 = 1.0 if adversary == "pairwise" else float(k - 1)
         if norm == "linf":  # |w| as w * sign(w), the sign held fixed: right/left derivatives at +-0
             r = 2.0 * (w1_t * torch.copysign(torch.ones_like(w1_t), w1_t.detach())
-                       + w2_t * torch.copysign(torch.ones_like(w2_t), w2_t.detach()))
+                       + c2 * w2_t * torch.copysign(torch.ones_like(w2_t), w2_t.detach()))
         else:
-            r = torch.sqrt(2.0 * (w1_t * w1_t + w2_t * w2_t) + 1e-300)
+            r = (2.0 if adversary == "scorewise" else math.sqrt(2.0)) * torch.sqrt(w1_t * w1_t + c2 * w2_t * w2_t
+                                                                                   + 1e-300)
         big_r = (eps_t * r)[:, None]                                                    # (B, 1)
         def log_phi(shift):  # log E_C exp(-exp(v - shift - w2 C)), (B, V)
             omp = (-torch.expm1(-torch.exp((v_t - shift)[..., None] - w2_t[:, None, None] * c_t))) @ cw_t
