@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..cli import ArgumentParser
-from .grid import PRESETS, Grid, load_grid, preset_grid
+from .grid import DEFAULT_MAX_POINTS, PRESETS, Grid, load_grid, preset_grid
 from .kinds import KINDS
 from .runner import EXECUTORS, run_sweep
 from .store import STORE_FILE, StoreError, export
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64,
                    help="largest batched group of linear training runs (keep it fixed for one sweep)")
     p.add_argument("--retry-failed", action="store_true", help="recompute points recorded as failed")
+    p.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS, metavar="N",
+                   help="refuse a grid of more points than this, counted before anything is expanded "
+                        f"(default {DEFAULT_MAX_POINTS})")
     p.add_argument("--dry-run", action="store_true", help="list the points and their status; compute nothing")
     p.add_argument("--export", choices=("csv", "parquet", "none"), default="csv",
                    help="table written next to the store at the end (default csv); with neither --preset nor "
@@ -130,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.max_points < 1:
+            raise ValueError(f"--max-points must be >= 1, got {args.max_points}")
         if args.preset is None and args.grid is None:
             if args.out and args.export != "none":
                 for path in export(Path(args.out), args.export):
                     print(path)
                 return 0
             raise ValueError("name a grid: --preset NAME or --grid FILE (see --list)")
-        grid = preset_grid(args.preset) if args.preset else load_grid(args.grid)
+        grid = (preset_grid(args.preset, max_points=args.max_points) if args.preset
+                else load_grid(args.grid, max_points=args.max_points))
         out_dir = Path(args.out) if args.out else Path("results") / grid.name
         if args.dry_run:
             print(_dry_run(grid, out_dir))
