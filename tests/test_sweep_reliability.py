@@ -1,16 +1,295 @@
-"""The sweep when things go wrong: a grid's size is checked before it is expanded."""
+"""The sweep when things go wrong: damaged or foreign stores are refused in one line and left as they were, a
+store holds one grid, and a grid's size is checked before it is expanded."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import random
+import shutil
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from test_sweep import ROOT, _run_main
+from test_sweep import ROOT, _file_digest, _results, _run_main
 
-from synthmodel.sweep import GridError, expand_grid
+from synthmodel import __version__
+from synthmodel.sweep import STORE_FILE, GridError, expand_grid, load_grid, read_points, run_sweep
 from synthmodel.sweep import grid as grid_module
+from synthmodel.sweep import store as store_module
+from synthmodel.sweep.kinds import canonical_json
+
+BIG = 'name = "big"\nkind = "toy"\n[grid]\na = { linspace = [0, 1, 50] }\nb = { range = [0, 20] }\n'  # 1000 points
+PAGE = 4096  # SQLite's default page size, which the store keeps
+
+
+def _store_bytes(out: Path) -> dict[str, str]:
+    """sha256 of the store and of its write-ahead log, by file name: what SQLite reads. (A read-only connection
+    may leave an empty log and the -shm index behind; neither holds data.)"""
+    files = (out / STORE_FILE, out / f"{STORE_FILE}-wal")
+    return {p.name: _file_digest(p) for p in files if p.is_file() and p.stat().st_size}
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory) -> Path:
+    """A finished 1000-point store (about 170 pages) and its grid file, made once."""
+    folder = tmp_path_factory.mktemp("big")
+    (folder / "big.toml").write_text(BIG)
+    run_sweep(load_grid(folder / "big.toml"), folder / "out", workers=1, progress=False, export_format=None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hot_wal_store(tmp_path_factory) -> Path:
+    """A store as a crash leaves it: recent transactions only in ``sweep.sqlite-wal``, not yet checkpointed.
+
+    First every point fails (a flag file exists); then, while another connection keeps the database open (so
+    nothing checkpoints at close), a --retry-failed run records them all as done. The three files are copied
+    as they are at that moment.
+    """
+    folder = tmp_path_factory.mktemp("hotwal")
+    flag = folder / "flag"
+    flag.write_text("")
+    (folder / "hot.toml").write_text(f'name = "hot"\nkind = "toy"\n[fixed]\nfail_flag = "{flag}"\n[grid]\n'
+                                     'a = { linspace = [0, 1, 10] }\nb = { range = [0, 20] }\n')
+    grid = load_grid(folder / "hot.toml")
+    source = folder / "source"
+    run_sweep(grid, source, workers=1, progress=False, export_format=None)
+    flag.unlink()
+    keeper = sqlite3.connect(source / STORE_FILE)
+    keeper.execute("SELECT count(*) FROM points").fetchone()
+    run_sweep(grid, source, workers=1, progress=False, export_format=None, retry_failed=True)
+    snapshot = folder / "out"
+    snapshot.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copyfile(source / f"{STORE_FILE}{suffix}", snapshot / f"{STORE_FILE}{suffix}")
+    keeper.close()
+    return folder
+
+
+def _overwrite(path: Path, offset: int, length: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(rng.getrandbits(8) for _ in range(length)))
+
+
+def _garbage_mid_page(fraction: float):
+    def damage(out: Path) -> None:
+        pages = (out / STORE_FILE).stat().st_size // PAGE
+        _overwrite(out / STORE_FILE, int(pages * fraction) * PAGE, PAGE)
+    return damage
+
+
+def _truncate(out: Path) -> None:
+    os.truncate(out / STORE_FILE, (out / STORE_FILE).stat().st_size // 2)
+
+
+def _random_bytes(out: Path) -> None:
+    size = (out / STORE_FILE).stat().st_size
+    (out / STORE_FILE).write_bytes(random.Random(1).randbytes(size))
+
+
+def _a_directory(out: Path) -> None:
+    (out / STORE_FILE).unlink()
+    (out / STORE_FILE).mkdir()
+
+
+def _another_programs_database(out: Path) -> None:
+    (out / STORE_FILE).unlink()
+    con = sqlite3.connect(out / STORE_FILE)
+    with con:
+        con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        con.execute("INSERT INTO notes (text) VALUES ('not a sweep')")
+    con.close()
+
+
+def _set_meta(key: str, value: str):
+    def damage(out: Path) -> None:
+        con = sqlite3.connect(out / STORE_FILE)
+        with con:
+            con.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+        con.close()
+    return damage
+
+
+def _unreadable(out: Path) -> None:
+    (out / STORE_FILE).chmod(0)
+
+
+DAMAGE = {
+    "garbage in a page a third in": _garbage_mid_page(1 / 3),
+    "garbage in the middle page": _garbage_mid_page(1 / 2),
+    "garbage in a page two thirds in": _garbage_mid_page(2 / 3),
+    "truncated to half": _truncate,
+    "random bytes": _random_bytes,
+    "a directory": _a_directory,
+    "another program's database": _another_programs_database,
+    "a newer store schema": _set_meta("schema_version", "99"),
+    "unreadable": _unreadable,
+}
+COMMANDS = {
+    "sweep": lambda grid, out: ["--grid", str(grid), "--out", str(out), "--workers", "1"],
+    "export": lambda grid, out: ["--out", str(out), "--export", "csv"],
+    "dry-run": lambda grid, out: ["--grid", str(grid), "--out", str(out), "--dry-run"],
+}
+
+
+def _assert_refused(capsys, args: list[str], out: Path) -> str:
+    before = _store_bytes(out)
+    code, stdout, stderr = _run_main(capsys, *args)
+    assert (code, stdout) == (2, ""), stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ") and STORE_FILE in stderr, stderr
+    assert _store_bytes(out) == before, "the store's bytes changed"
+    assert not (out / "points.csv").exists()
+    return stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_store_sqlite_refuses_or_that_is_not_ours_gives_one_line_and_stays_as_it_was(big_store, tmp_path, capsys,
+                                                                                        monkeypatch, damage, command):
+    out = tmp_path / "out"
+    shutil.copytree(big_store / "out", out)
+    DAMAGE[damage](out)
+    if damage == "unreadable" and os.geteuid() == 0:  # root reads any file: say what a user would be told
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: (Path(p) != out / STORE_FILE or not mode & os.R_OK)
+                            and access(p, mode, **kw))
+    try:
+        _assert_refused(capsys, COMMANDS[command](big_store / "big.toml", out), out)
+    finally:
+        if (out / STORE_FILE).is_file():
+            (out / STORE_FILE).chmod(0o644)
+
+
+def test_a_store_of_another_code_version_is_refused_by_sweep_and_dry_run_but_exported(big_store, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(big_store / "out", out)
+    _set_meta("code_version", "0.0.1")(out)
+    for command in ("sweep", "dry-run"):
+        stderr = _assert_refused(capsys, COMMANDS[command](big_store / "big.toml", out), out)
+        assert "0.0.1" in stderr and "new --out" in stderr
+    code, stdout, _ = _run_main(capsys, *COMMANDS["export"](big_store / "big.toml", out))  # its results stay readable
+    assert code == 0 and "points.csv" in stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("where", ["header", "middle"])
+def test_a_damaged_write_ahead_log_is_refused_instead_of_silently_cut_short(hot_wal_store, tmp_path, capsys, where,
+                                                                             command):
+    out = tmp_path / "out"
+    shutil.copytree(hot_wal_store / "out", out)
+    wal = out / f"{STORE_FILE}-wal"
+    frames = (wal.stat().st_size - 32) // (24 + PAGE)
+    assert frames >= 8, "the fixture must leave several transactions in the log"
+    if where == "header":
+        _overwrite(wal, 0, 32)
+    else:  # a whole frame in the middle: SQLite would stop replaying there and drop every later transaction
+        _overwrite(wal, 32 + (frames // 2) * (24 + PAGE), 24 + PAGE)
+    stderr = _assert_refused(capsys, COMMANDS[command](hot_wal_store / "hot.toml", out), out)
+    assert "write-ahead log" in stderr
+
+
+def test_a_damaged_shared_memory_index_is_rebuilt_and_nothing_is_lost(hot_wal_store, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(hot_wal_store / "out", out)
+    _overwrite(out / f"{STORE_FILE}-shm", 0, 4096)  # SQLite's index of the log: rebuilt from the log itself
+    code, stdout, stderr = _run_main(capsys, "--grid", str(hot_wal_store / "hot.toml"), "--out", str(out),
+                                     "--workers", "1", "--export", "none")
+    assert code == 0, stderr
+    assert "200 already in the store, 0 computed now" in stdout
+    assert set(read_points(out)["status"]) == {"done"}
+
+
+def test_a_locked_store_is_refused_in_one_line_after_waiting(big_store, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(big_store / "out", out)
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.2, raising=False)
+    holder = sqlite3.connect(out / STORE_FILE, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # another program keeps the database to itself
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for command in COMMANDS.values():
+            stderr = _assert_refused(capsys, command(big_store / "big.toml", out), out)
+            assert "locked by another program" in stderr
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+# -- one grid per store ----------------------------------------------------------------------------------
+def test_another_grid_into_a_store_is_refused_naming_the_grid_it_holds(tmp_path, capsys):
+    out = tmp_path / "out"
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text("kind = 'toy'\n[grid]\nb = [1, 2]\n")
+    second.write_text("kind = 'toy'\n[grid]\nb = [3]\n")
+    assert _run_main(capsys, "--grid", str(first), "--out", str(out), "--workers", "1")[0] == 0
+    digest = _file_digest(out / STORE_FILE)
+    for extra in ((), ("--dry-run",)):
+        code, stdout, stderr = _run_main(capsys, "--grid", str(second), "--out", str(out), "--workers", "1", *extra)
+        assert (code, stdout) == (2, "") and stderr.count("\n") == 1
+        assert "'first'" in stderr and "'second'" in stderr and "another --out" in stderr
+    assert _file_digest(out / STORE_FILE) == digest
+    first.write_text("kind = 'toy'\n[grid]\nb = [1, 2, 3]\n")  # the same grid, grown: its new point is added
+    code, stdout, _ = _run_main(capsys, "--grid", str(first), "--out", str(out), "--workers", "1")
+    assert code == 0 and "2 already in the store, 1 computed now" in stdout
+
+
+# -- store schema 1 --------------------------------------------------------------------------------------------
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE points (hash TEXT PRIMARY KEY, kind TEXT NOT NULL, params TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')), results TEXT, error TEXT, seconds REAL,
+    group_size INTEGER, attempts INTEGER NOT NULL DEFAULT 0, finished_at TEXT);
+CREATE TABLE history (hash TEXT NOT NULL REFERENCES points(hash), step INTEGER NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (hash, step));
+"""
+
+
+def _write_schema_1_copy(source: Path, target: Path) -> None:
+    """The store at ``source`` as store schema 1 wrote it: no claims column, no grid name, schema-1 hashes."""
+    target.mkdir()
+    old = sqlite3.connect(source / STORE_FILE)
+    new = sqlite3.connect(target / STORE_FILE)
+    new.executescript(_SCHEMA_1)
+    rename = {}
+    for row in old.execute("SELECT hash, kind, params, status, results, error, seconds, group_size, attempts, "
+                           "finished_at FROM points"):
+        text = canonical_json({"kind": row[1], "params": json.loads(row[2]), "code": __version__, "schema": 1})
+        rename[row[0]] = hashlib.sha256(text.encode()).hexdigest()[:32]
+        new.execute("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (rename[row[0]], *row[1:]))
+    for h, step, record in old.execute("SELECT hash, step, record FROM history"):
+        new.execute("INSERT INTO history VALUES (?, ?, ?)", (rename[h], step, record))
+    new.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("code_version", __version__),
+                                                        ("created_at", "2026-01-01T00:00:00+00:00")])
+    new.commit()
+    new.close()
+    old.close()
+
+
+def test_a_schema_1_store_is_migrated_in_place_and_nothing_is_recomputed(tmp_path, capsys):
+    grid = tmp_path / "toy.toml"
+    grid.write_text("name = 'toy'\nkind = 'toy'\n[grid]\na = { linspace = [0.0, 1.0, 5] }\nb = { range = [0, 4] }\n")
+    current = tmp_path / "current"
+    run_sweep(load_grid(grid), current, workers=1, progress=False, export_format=None)
+    old = tmp_path / "old"
+    _write_schema_1_copy(current, old)
+    digest = _file_digest(old / STORE_FILE)
+    code, stdout, _ = _run_main(capsys, "--grid", str(grid), "--out", str(old), "--dry-run")
+    assert code == 0 and "20 points (20 done)" in stdout  # read by params, untouched
+    assert _file_digest(old / STORE_FILE) == digest
+    code, stdout, stderr = _run_main(capsys, "--grid", str(grid), "--out", str(old), "--workers", "1")
+    assert code == 0, stderr
+    assert "20 already in the store, 0 computed now" in stdout
+    assert _results(old) == _results(current)  # same hashes, results and history as a store made today
+    con = sqlite3.connect(old / STORE_FILE)
+    assert dict(con.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+    con.close()
+
 
 # -- grid size ----------------------------------------------------------------------------------------------
 # 1e15 points. Without a count before expansion, list(range(10**12)) fails at once with MemoryError (8 TB), so a

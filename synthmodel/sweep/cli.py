@@ -13,7 +13,7 @@ from ..cli import ArgumentParser
 from .grid import DEFAULT_MAX_POINTS, PRESETS, Grid, load_grid, preset_grid
 from .kinds import KINDS
 from .runner import EXECUTORS, run_sweep
-from .store import STORE_FILE, StoreError, export
+from .store import STORE_FILE, StoreError, export, grid_statuses
 
 __all__ = ["build_parser", "main", "load_plugins", "render_figures", "DEFAULT_PLUGINS"]
 
@@ -104,14 +104,9 @@ def _listing() -> str:
 def _dry_run(grid: Grid, out_dir: Path) -> str:
     import pandas as pd
 
-    status: dict[str, str] = {}
     store = out_dir / STORE_FILE
-    if store.is_file():
-        from .store import read_points
-
-        frame = read_points(out_dir)
-        status = dict(zip(frame["hash"], frame["status"], strict=True)) if not frame.empty else {}
-    rows = [{"hash": p.hash[:12], "kind": p.kind, "status": status.get(p.hash, "new"),
+    status = grid_statuses(out_dir, grid)  # checks the store as a run would, writing nothing
+    rows = [{"hash": p.hash[:12], "kind": p.kind, "status": status[p.hash],
              **{k: json.dumps(v) if isinstance(v, list) else v for k, v in p.params.items()}} for p in grid.points]
     frame = pd.DataFrame(rows)
     varying = [c for c in frame.columns if c in ("hash", "kind", "status") or frame[c].astype(str).nunique() > 1]

@@ -297,7 +297,7 @@ def run_sweep(grid: Grid, out_dir: str | Path, *, executor: str = "local", worke
         raise ValueError(f"threads must be >= 1, got {threads}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    store = Store.open(out_dir)
+    store = Store.open(out_dir, grid_name=grid.name)
     try:
         store.add_pending(grid.points)
         status = store.statuses()
