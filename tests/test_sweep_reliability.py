@@ -1,5 +1,6 @@
-"""The sweep when things go wrong: damaged or foreign stores are refused in one line and left as they were, a
-store holds one grid, and a grid's size is checked before it is expanded."""
+"""The sweep when things go wrong: damaged or foreign stores are refused in one line and left as they were, no
+process outlives a killed sweep, failed points show in the exit status, runs sharing a store compute each point
+once, and a grid's size is checked before it is expanded."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from test_sweep import ROOT, _file_digest, _results, _run_main
+from test_sweep import ROOT, _cli, _done_count, _file_digest, _results, _run_main
 
 from synthmodel import __version__
 from synthmodel.sweep import STORE_FILE, GridError, expand_grid, load_grid, read_points, run_sweep
@@ -221,7 +225,173 @@ def test_a_locked_store_is_refused_in_one_line_after_waiting(big_store, tmp_path
         holder.close()
 
 
-# -- one grid per store ----------------------------------------------------------------------------------
+# -- no process outlives a killed sweep --------------------------------------------------------------------
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _descendants(pid: int) -> set[int]:
+    children, found, stack = _children_map(), set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _running(pids: set[int]) -> set[int]:
+    """The pids that still run (a zombie has ended: it only waits to be reaped)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_sigkill_of_a_sweep_leaves_no_process_behind(tmp_path, executor):
+    if executor == "dask":
+        pytest.importorskip("distributed")
+    grid = tmp_path / "slow.toml"
+    grid.write_text('kind = "toy"\n[fixed]\ndelay = 0.2\n[grid]\na = [0.5, 1.5]\nb = { range = [0, 60] }\n')
+    out = tmp_path / "out"
+    proc = _cli("--grid", str(grid), "--out", str(out), "--workers", "2", "--executor", executor, cwd=tmp_path)
+    tree: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            tree = _descendants(proc.pid)
+            if len(tree) >= 3 and _done_count(out / STORE_FILE) >= 2:  # 2 workers + the resource tracker, busy
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and len(tree) >= 3, "the sweep must be killed while its workers compute"
+        tree |= _descendants(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _running(tree) and time.monotonic() < deadline:
+            tree |= set().union(*(_descendants(p) for p in _running(tree)))
+            time.sleep(0.1)
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in _running(tree)}
+        assert not left, f"still running 10 s after kill -9 of the sweep: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _running(tree):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- exit status -----------------------------------------------------------------------------------------
+def test_failed_points_give_exit_1_saying_how_many_and_how_to_retry(tmp_path, capsys):
+    flag = tmp_path / "flag"
+    flag.write_text("")
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'kind = "toy"\n[grid]\nb = [1, 2, 3]\n[[points]]\nb = 4\nfail_flag = "{flag}"\n'
+                    f'[[points]]\nb = 5\nfail_flag = "{flag}"\n')
+    args = ("--grid", str(grid), "--out", str(tmp_path / "out"), "--workers", "1")
+    code, stdout, stderr = _run_main(capsys, *args)
+    assert code == 1
+    assert "2 of 5 points failed" in stderr and "--retry-failed" in stderr and stderr.count("\n") == 1
+    assert "failures: 2 of 5 points failed" in stdout and "toy failure" in stdout
+    code, stdout, stderr = _run_main(capsys, *args)  # still incomplete, although this run computed nothing
+    assert code == 1 and "0 computed now" in stdout and "2 of 5 points failed" in stderr
+    flag.unlink()
+    code, stdout, stderr = _run_main(capsys, *args, "--retry-failed")
+    assert (code, stderr) == (0, "") and "2 computed now, 0 failed" in stdout
+
+
+# -- runs sharing a store ------------------------------------------------------------------------------------
+def _claimants(store: Path) -> set[str]:
+    try:
+        con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+        try:
+            return {r[0] for r in con.execute("SELECT DISTINCT claimed_by FROM points WHERE claimed_by IS NOT NULL")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()
+
+
+def _wait_for_claimants(store: Path, count: int, procs: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + 60
+    while len(_claimants(store)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} runs claimed points within 60 s"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
+
+
+def _gated_grid(tmp_path: Path) -> tuple[Path, Path]:
+    gate = tmp_path / "gate"
+    grid = tmp_path / "shared.toml"
+    grid.write_text(f'name = "shared"\nkind = "toy"\n[fixed]\ngate = "{gate}"\ndelay = 0.01\n'
+                    '[grid]\na = [0.5, 1.5]\nb = { range = [0, 40] }\n')
+    return grid, gate
+
+
+def _computed_now(report: str) -> int:
+    return int(re.search(r"(\d+) computed now", report).group(1))
+
+
+def test_two_sweeps_into_one_folder_share_the_points_and_compute_each_once(tmp_path):
+    grid, gate = _gated_grid(tmp_path)
+    out = tmp_path / "out"
+    args = ("--grid", str(grid), "--out", str(out), "--workers", "1")
+    procs = [_cli(*args, cwd=tmp_path)]
+    try:
+        _wait_for_claimants(out / STORE_FILE, 1, procs)  # the first run holds its first points at the gate
+        procs.append(_cli(*args, cwd=tmp_path))
+        _wait_for_claimants(out / STORE_FILE, 2, procs)  # the second took other points instead of the same ones
+        gate.write_text("")
+        reports = [p.communicate(timeout=180) for p in procs]
+    finally:
+        gate.write_text("")
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, stderr) in zip(procs, reports, strict=True):
+        assert p.returncode == 0, stderr
+    table = read_points(out)
+    assert len(table) == 80 and set(table["status"]) == {"done"}
+    assert set(table["attempts"]) == {1}  # no point computed twice
+    computed = [_computed_now(stdout) for stdout, _ in reports]
+    assert sum(computed) == 80 and min(computed) > 0, computed
+    assert _claimants(out / STORE_FILE) == set() and not list((out / ".sweep-runs").iterdir())
+
+
+def test_the_claims_of_a_killed_run_do_not_block_the_next(tmp_path):
+    grid, gate = _gated_grid(tmp_path)
+    out = tmp_path / "out"
+    args = ("--grid", str(grid), "--out", str(out), "--workers", "1")
+    killed = _cli(*args, cwd=tmp_path)
+    try:
+        _wait_for_claimants(out / STORE_FILE, 1, [killed])
+    finally:
+        killed.kill()
+        killed.wait()
+    assert _claimants(out / STORE_FILE), "the killed run left its claims behind"
+    gate.write_text("")
+    rerun = _cli(*args, cwd=tmp_path)
+    stdout, stderr = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, stderr
+    assert "0 already in the store, 80 computed now" in stdout
+    assert set(read_points(out)["attempts"]) == {1}
+
+
 def test_another_grid_into_a_store_is_refused_naming_the_grid_it_holds(tmp_path, capsys):
     out = tmp_path / "out"
     first, second = tmp_path / "first.toml", tmp_path / "second.toml"

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -119,6 +120,15 @@ def _dry_run(grid: Grid, out_dir: Path) -> str:
         return "\n".join([head, f"fixed: {fixed}", frame[varying].to_string(index=False)])
 
 
+def _emit(text: str) -> None:
+    """Print to stdout; a reader that stops early (``--dry-run | head -1``) is not an error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 else load_grid(args.grid, max_points=args.max_points))
         out_dir = Path(args.out) if args.out else Path("results") / grid.name
         if args.dry_run:
-            print(_dry_run(grid, out_dir))
+            _emit(_dry_run(grid, out_dir))
             return 0
         summary = run_sweep(grid, out_dir, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
                             retry_failed=args.retry_failed, max_batch=args.max_batch, threads=args.threads,
@@ -154,4 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_figures:
         summary.figures = render_figures(out_dir)
     print("\n".join(summary.lines()))
+    if summary.errors:  # the grid is not complete: scripts and CI must see it
+        print(summary.failure_line(), file=sys.stderr)
+        return 1
     return 0
