@@ -39,8 +39,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 __all__ = ["GridError", "Point", "Grid", "Preset", "PRESETS", "register_preset", "load_grid", "expand_grid",
            "preset_grid", "DEFAULT_MAX_POINTS"]
 
-# Expanding and validating a point costs ~0.2-0.3 ms and ~3 kB (train and theory kinds, 2-core machine), so a
-# grid of this size takes ~30 s and ~350 MB before anything runs; larger grids must be asked for (max_points).
+# Building and validating a point costs ~0.15-0.3 ms of CPU and 3-4 kB (theory and train kinds, docs/SWEEP.md),
+# so a grid of this size takes up to half a minute and ~0.5 GB before anything runs; larger ones must be asked for.
 DEFAULT_MAX_POINTS = 100_000
 
 _TOP_KEYS = ("name", "description", "kind", "fixed", "grid", "points", "block")
