@@ -196,7 +196,7 @@ def test_sigkill_then_rerun_gives_each_point_once_with_the_uninterrupted_results
     while _done_count(killed / STORE_FILE) < 15 and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     partial = _done_count(killed / STORE_FILE)
     assert 15 <= partial < 80, "the kill must land mid-sweep"
     reports = {}

@@ -294,6 +294,7 @@ def test_sigkill_of_a_sweep_leaves_no_process_behind(tmp_path, executor):
             proc.kill()
         for pid in _running(tree):
             os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=60)  # its pipes (orphans would hold them open)
 
 
 # -- exit status -----------------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ def test_the_claims_of_a_killed_run_do_not_block_the_next(tmp_path):
         _wait_for_claimants(out / STORE_FILE, 1, [killed])
     finally:
         killed.kill()
-        killed.wait()
+        killed.communicate(timeout=60)
     assert _claimants(out / STORE_FILE), "the killed run left its claims behind"
     gate.write_text("")
     rerun = _cli(*args, cwd=tmp_path)
