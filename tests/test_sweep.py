@@ -76,7 +76,7 @@ def test_linspace_values_are_clean_decimals():
 
 
 @pytest.mark.parametrize("spec, words", [
-    ({"kind": "toy", "grid": {"c": [1]}}, ["'c'", "allowed keys: a, b, delay, fail_flag"]),
+    ({"kind": "toy", "grid": {"c": [1]}}, ["'c'", "allowed keys: a, b, delay, fail_flag, gate"]),
     ({"kind": "toy", "grid": {"b": [5, 2000]}}, ["b=2000", "in [0, 1000]"]),
     ({"kind": "toy", "grid": {"a": ["x"]}}, ["a=\"x\"", "finite number"]),
     ({"kind": "nope", "grid": {"a": [1]}}, ["unknown point kind 'nope'", "toy", "train"]),
@@ -196,7 +196,7 @@ def test_sigkill_then_rerun_gives_each_point_once_with_the_uninterrupted_results
     while _done_count(killed / STORE_FILE) < 15 and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     partial = _done_count(killed / STORE_FILE)
     assert 15 <= partial < 80, "the kill must land mid-sweep"
     reports = {}
@@ -296,3 +296,15 @@ def test_cli_runs_exports_parquet_and_calls_the_figures_hook(tmp_path, capsys, m
     assert list(pd.read_parquet(out / "points.parquet")["b"]) == [0, 2, 4]
     assert len(pd.read_parquet(out / "history.parquet")) == 9
     assert load_grid(grid).name == "small"
+
+
+def test_dry_run_into_a_pipe_closed_early_prints_its_count_first_and_no_traceback(tmp_path):
+    grid = tmp_path / "g.toml"  # ~5000 lines: more than a pipe holds, so the reader's close reaches the writer
+    grid.write_text("name = 'wide'\nkind = 'toy'\n[grid]\na = { linspace = [0.0, 1.0, 50] }\n"
+                    "b = { range = [0, 100] }\n")
+    proc = _cli("--grid", str(grid), "--dry-run", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and stderr == ""
+    assert first.startswith("wide: 5000 points (5000 new)")

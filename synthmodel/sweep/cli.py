@@ -6,14 +6,15 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 from ..cli import ArgumentParser
-from .grid import PRESETS, Grid, load_grid, preset_grid
+from .grid import DEFAULT_MAX_POINTS, PRESETS, Grid, load_grid, preset_grid
 from .kinds import KINDS
 from .runner import EXECUTORS, run_sweep
-from .store import STORE_FILE, StoreError, export
+from .store import STORE_FILE, StoreError, export, grid_statuses
 
 __all__ = ["build_parser", "main", "load_plugins", "render_figures", "DEFAULT_PLUGINS"]
 
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64,
                    help="largest batched group of linear training runs (keep it fixed for one sweep)")
     p.add_argument("--retry-failed", action="store_true", help="recompute points recorded as failed")
+    p.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS, metavar="N",
+                   help="refuse a grid of more points than this, counted before anything is expanded "
+                        f"(default {DEFAULT_MAX_POINTS})")
     p.add_argument("--dry-run", action="store_true", help="list the points and their status; compute nothing")
     p.add_argument("--export", choices=("csv", "parquet", "none"), default="csv",
                    help="table written next to the store at the end (default csv); with neither --preset nor "
@@ -101,14 +105,9 @@ def _listing() -> str:
 def _dry_run(grid: Grid, out_dir: Path) -> str:
     import pandas as pd
 
-    status: dict[str, str] = {}
     store = out_dir / STORE_FILE
-    if store.is_file():
-        from .store import read_points
-
-        frame = read_points(out_dir)
-        status = dict(zip(frame["hash"], frame["status"], strict=True)) if not frame.empty else {}
-    rows = [{"hash": p.hash[:12], "kind": p.kind, "status": status.get(p.hash, "new"),
+    status = grid_statuses(out_dir, grid)  # checks the store as a run would, writing nothing
+    rows = [{"hash": p.hash[:12], "kind": p.kind, "status": status[p.hash],
              **{k: json.dumps(v) if isinstance(v, list) else v for k, v in p.params.items()}} for p in grid.points]
     frame = pd.DataFrame(rows)
     varying = [c for c in frame.columns if c in ("hash", "kind", "status") or frame[c].astype(str).nunique() > 1]
@@ -121,6 +120,15 @@ def _dry_run(grid: Grid, out_dir: Path) -> str:
         return "\n".join([head, f"fixed: {fixed}", frame[varying].to_string(index=False)])
 
 
+def _emit(text: str) -> None:
+    """Print to stdout; a reader that stops early (``--dry-run | head -1``) is not an error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -130,16 +138,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.max_points < 1:
+            raise ValueError(f"--max-points must be >= 1, got {args.max_points}")
         if args.preset is None and args.grid is None:
             if args.out and args.export != "none":
                 for path in export(Path(args.out), args.export):
                     print(path)
                 return 0
             raise ValueError("name a grid: --preset NAME or --grid FILE (see --list)")
-        grid = preset_grid(args.preset) if args.preset else load_grid(args.grid)
+        grid = (preset_grid(args.preset, max_points=args.max_points) if args.preset
+                else load_grid(args.grid, max_points=args.max_points))
         out_dir = Path(args.out) if args.out else Path("results") / grid.name
         if args.dry_run:
-            print(_dry_run(grid, out_dir))
+            _emit(_dry_run(grid, out_dir))
             return 0
         summary = run_sweep(grid, out_dir, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
                             retry_failed=args.retry_failed, max_batch=args.max_batch, threads=args.threads,
@@ -153,4 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_figures:
         summary.figures = render_figures(out_dir)
     print("\n".join(summary.lines()))
+    if summary.errors:  # the grid is not complete: scripts and CI must see it
+        print(summary.failure_line(), file=sys.stderr)
+        return 1
     return 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,11 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = ["GridError", "Point", "Grid", "Preset", "PRESETS", "register_preset", "load_grid", "expand_grid",
-           "preset_grid"]
+           "preset_grid", "DEFAULT_MAX_POINTS"]
+
+# Building and validating a point costs ~0.15-0.3 ms of CPU and 3-4 kB (theory and train kinds, docs/SWEEP.md),
+# so a grid of this size takes up to half a minute and ~0.5 GB before anything runs; larger ones must be asked for.
+DEFAULT_MAX_POINTS = 100_000
 
 _TOP_KEYS = ("name", "description", "kind", "fixed", "grid", "points", "block")
 _BLOCK_KEYS = ("kind", "fixed", "grid", "points")
@@ -72,7 +76,7 @@ def _clean_float(value: float) -> float:
     return float(f"{value:.12g}")
 
 
-def _axis(key: str, spec: Any, where: str) -> list[Any]:
+def _axis(key: str, spec: Any, where: str) -> Collection:
     """The values of one grid axis: a list, a scalar, or {range=[...]}, {linspace=[...]}, {values=[...]}."""
     if isinstance(spec, list):
         if not spec:
@@ -92,28 +96,51 @@ def _axis(key: str, spec: Any, where: str) -> list[Any]:
                 raise GridError(f"{where}: {key} range must be [start, stop] or [start, stop, step] of integers")
             if len(args) == 3 and args[2] == 0:
                 raise GridError(f"{where}: {key} range step must not be 0")
-            values = list(range(*args))
+            values = range(*args)  # a lazy sequence: its length is known before anything is expanded
             if not values:
                 raise GridError(f"{where}: {key} range {args} is empty")
             return values
         if (len(args) != 3 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
                 or not isinstance(args[2], int) or args[2] < 1 or not all(math.isfinite(a) for a in args[:2])):
             raise GridError(f"{where}: {key} linspace must be [start, stop, num] with finite ends and integer num >= 1")
-        start, stop, num = float(args[0]), float(args[1]), args[2]
-        if num == 1:
-            return [_clean_float(start)]
-        return [_clean_float(start + (stop - start) * i / (num - 1)) for i in range(num)]
+        return _Linspace(float(args[0]), float(args[1]), args[2])
     return [spec]
 
 
-def _block_points(kind_name: str, fixed: Mapping, grid: Mapping, points: list, where: str) -> list[tuple[str, dict]]:
-    if not isinstance(fixed, dict) or not isinstance(grid, dict):
+class _Linspace:
+    """``num`` evenly spaced values from ``start`` to ``stop`` (both included), made only when iterated."""
+
+    def __init__(self, start: float, stop: float, num: int):
+        self.start, self.stop, self.num = start, stop, num
+
+    def __len__(self) -> int:
+        return self.num
+
+    def __iter__(self):
+        if self.num == 1:
+            yield _clean_float(self.start)
+            return
+        for i in range(self.num):
+            yield _clean_float(self.start + (self.stop - self.start) * i / (self.num - 1))
+
+
+def _block_axes(grid: Mapping, points: list, where: str) -> tuple[list[tuple[str, Collection]] | None, int]:
+    """A block's axes (None: it has only explicit points) and its number of points, nothing expanded yet."""
+    if not isinstance(grid, dict):
         raise GridError(f"{where}: 'fixed' and 'grid' must be tables")
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise GridError(f"{where}: 'points' must be an array of tables ([[points]])")
+    if not grid and points:
+        return None, len(points)
+    axes = [(key, _axis(key, spec, where)) for key, spec in grid.items()]
+    return axes, math.prod(len(values) for _, values in axes) + len(points)
+
+
+def _block_points(kind_name: str, fixed: Mapping, axes: list | None, points: list, where: str) -> list[tuple]:
+    if not isinstance(fixed, dict):
+        raise GridError(f"{where}: 'fixed' and 'grid' must be tables")
     out: list[tuple[str, dict]] = []
-    if grid or not points:
-        axes = [(key, _axis(key, spec, where)) for key, spec in grid.items()]
+    if axes is not None:
         for combo in itertools.product(*(values for _, values in axes)):
             out.append((kind_name, {**fixed, **{key: value for (key, _), value in zip(axes, combo, strict=True)}}))
     for extra in points:
@@ -121,12 +148,17 @@ def _block_points(kind_name: str, fixed: Mapping, grid: Mapping, points: list, w
     return out
 
 
-def expand_grid(spec: Mapping[str, Any], *, source: str = "grid", code_version: str | None = None) -> Grid:
+def expand_grid(spec: Mapping[str, Any], *, source: str = "grid", code_version: str | None = None,
+                max_points: int | None = DEFAULT_MAX_POINTS) -> Grid:
     """Validate and expand a grid spec (the dict a TOML grid file parses to) into distinct points.
 
+    Args:
+        max_points: refuse a grid with more points than this (counted from the axes' lengths before anything
+            is expanded, duplicates included); None: no limit.
+
     Raises:
-        GridError: malformed spec, unknown kind or key, or a value outside the allowed set (the message
-            names the point's place, the key and the allowed values).
+        GridError: malformed spec, unknown kind or key, a value outside the allowed set (the message
+            names the point's place, the key and the allowed values), or more than ``max_points`` points.
     """
     if code_version is None:
         from .. import __version__ as code_version
@@ -158,12 +190,17 @@ def expand_grid(spec: Mapping[str, Any], *, source: str = "grid", code_version: 
             raise GridError(f"{where}: 'fixed' must be a table")
         plan.append(({"kind": block.get("kind", top_kind), "fixed": {**top_fixed, **fixed},
                       "grid": block.get("grid", {}), "points": block.get("points", [])}, where))
+    sized = [(block, where, *_block_axes(block["grid"], block["points"], where)) for block, where in plan]
+    count = sum(n for *_, n in sized)
+    if max_points is not None and count > max_points:
+        raise GridError(f"{source}: the grid has {count} points, more than the limit of {max_points}; "
+                        f"raise it with --max-points {count} (max_points= in Python) if you mean it")
     raw: list[tuple[str, dict, str]] = []
-    for block, where in plan:
+    for block, where, axes, _ in sized:
         kind_name = block["kind"]
         if not isinstance(kind_name, str):
             raise GridError(f"{where}: missing 'kind' (the point kind, e.g. kind = \"train\")")
-        for kind_n, params in _block_points(kind_name, block["fixed"], block["grid"], block["points"], where):
+        for kind_n, params in _block_points(kind_name, block["fixed"], axes, block["points"], where):
             raw.append((kind_n, params, where))
     points: list[Point] = []
     seen: set[str] = set()
@@ -183,7 +220,7 @@ def expand_grid(spec: Mapping[str, Any], *, source: str = "grid", code_version: 
                 spec=dict(spec))
 
 
-def load_grid(path: str | Path) -> Grid:
+def load_grid(path: str | Path, *, max_points: int | None = DEFAULT_MAX_POINTS) -> Grid:
     """Read, validate and expand a TOML grid file (GridError with one clear line on any problem)."""
     path = Path(path)
     try:
@@ -194,7 +231,7 @@ def load_grid(path: str | Path) -> Grid:
         spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise GridError(f"grid file {path} is not valid TOML: {exc}") from None
-    return expand_grid(spec, source=str(path))
+    return expand_grid(spec, source=str(path), max_points=max_points)
 
 
 # -- presets --------------------------------------------------------------------------------------
@@ -225,11 +262,11 @@ def register_preset(name: str, description: str, spec: Mapping[str, Any] | Calla
     return PRESETS[name]
 
 
-def preset_grid(name: str) -> Grid:
+def preset_grid(name: str, *, max_points: int | None = DEFAULT_MAX_POINTS) -> Grid:
     """Validate and expand a registered preset."""
     if name not in PRESETS:
         raise GridError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
-    return expand_grid(PRESETS[name].grid_spec(), source=f"preset {name}")
+    return expand_grid(PRESETS[name].grid_spec(), source=f"preset {name}", max_points=max_points)
 
 
 # paper-theory: the paper's world (paper3, mu = 1, sigma = 0.5) on the exact population engine, eps over

@@ -26,7 +26,7 @@ from ..schema import MISSING, Param
 __all__ = ["Param", "PointKind", "KINDS", "register_kind", "get_kind", "normalize_params", "point_hash",
            "STORE_SCHEMA", "HISTORY_KEY", "MISSING"]
 
-STORE_SCHEMA = 1          # bump when the store's tables or the hashing change
+STORE_SCHEMA = 2          # bump when the store's tables or the hashing change (2: claims, grid name)
 HISTORY_KEY = "_history"  # the one non-scalar entry a results dict may carry
 
 

@@ -12,12 +12,13 @@ worker count or executor:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,58 +184,195 @@ def run_task(task: Task) -> list[dict[str, Any]]:
 
 
 # -- executors --------------------------------------------------------------------------------------
-def _run_inline(tasks: Sequence[Task]) -> Iterator[list[dict[str, Any]]]:
-    for task in tasks:
-        yield run_task(task)
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker when the sweep's process dies, even by SIGKILL.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``. The signal comes when the *thread* that started the worker
+    ends; workers are started by the thread that submits to the pool, which is the thread running
+    :func:`run_sweep`, and it outlives the pool. Elsewhere (or if prctl fails) a thread watches the parent pid.
+    Without a worker the multiprocessing resource tracker ends too (its pipe closes with the last holder).
+    """
+    import os
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-sweep-parent", daemon=True).start()
 
 
-def _run_pool(tasks: Sequence[Task], workers: int) -> Iterator[list[dict[str, Any]]]:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+class _Inline:
+    """Runs each task in this process when submitted."""
 
-    # spawn: a fresh interpreter per worker (fork after torch/OpenMP threads have started can hang)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        pending = {pool.submit(run_task, task) for task in tasks}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    def __init__(self) -> None:
+        self._finished: list[tuple[object, Any]] = []
+
+    def capacity(self) -> int:
+        return 1
+
+    def submit(self, task: Task) -> object:
+        handle = object()
+        try:
+            result: Any = run_task(task)
+        except Exception as exc:  # recorded as the task's failure, like a worker's
+            result = exc
+        self._finished.append((handle, result))
+        return handle
+
+    def collect(self, timeout: float) -> list[tuple[object, Any]]:
+        finished, self._finished = self._finished, []
+        return finished
+
+    def close(self) -> None:
+        pass
 
 
-def _run_dask(tasks: Sequence[Task], workers: int, scheduler: str | None) -> Iterator[list[dict[str, Any]]]:
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise ValueError("--executor dask needs dask[distributed] (pip install 'dask[distributed]')") from None
-    cluster = None
-    try:
+class _Pool:
+    """A local process pool (spawned interpreters whose lives end with this process's)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._futures: set[Any] = set()
+        self._pool = self._start()
+
+    def _start(self):
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker (fork after torch/OpenMP threads have started can hang)
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
+
+    def capacity(self) -> int:
+        return 2 * self.workers  # one task queued behind each running one, so no worker waits on the store
+
+    def submit(self, task: Task) -> object:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            future = self._pool.submit(run_task, task)
+        except BrokenProcessPool:
+            self._restart()
+            future = self._pool.submit(run_task, task)
+        self._futures.add(future)
+        return future
+
+    def collect(self, timeout: float) -> list[tuple[object, Any]]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        done, _ = wait(self._futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        finished = []
+        for future in done:
+            self._futures.discard(future)
+            try:
+                finished.append((future, future.result()))
+            except Exception as exc:  # a worker died (killed, out of memory, crashed): its points failed
+                finished.append((future, exc))
+        if any(isinstance(result, BrokenProcessPool) for _, result in finished):
+            self._restart()
+        return finished
+
+    def _restart(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._start()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Dask:
+    """A dask client: a LocalCluster of single-threaded worker processes, or the cluster at ``scheduler``.
+
+    LocalCluster's worker processes end with this process already: distributed starts them with a pipe
+    from their parent and exits them when it closes.
+    """
+
+    def __init__(self, workers: int, scheduler: str | None):
+        try:
+            import distributed
+        except ImportError:
+            raise ValueError("--executor dask needs dask[distributed] (pip install 'dask[distributed]')") from None
+        self._distributed = distributed
+        self.workers = workers
+        self.cluster = None
         if scheduler:
             try:
-                client = Client(scheduler, timeout="20s")
+                self.client = distributed.Client(scheduler, timeout="20s")
             except OSError as exc:
                 raise ValueError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
         else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, silence_logs=logging.ERROR)
-            client = Client(cluster)
+            self.cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                    host="127.0.0.1", dashboard_address=None,
+                                                    silence_logs=logging.ERROR)
+            self.client = distributed.Client(self.cluster)
+        self._futures: set[Any] = set()
+        self._threads, self._asked = workers, 0.0
+
+    def capacity(self) -> int:
+        if time.monotonic() - self._asked > 2.0:  # a cluster may grow or shrink while the sweep runs
+            self._threads = max(self.workers, sum(self.client.nthreads().values()))
+            self._asked = time.monotonic()
+        return 2 * self._threads
+
+    def submit(self, task: Task) -> object:
+        future = self.client.submit(run_task, task, pure=False)
+        self._futures.add(future)
+        return future
+
+    def collect(self, timeout: float) -> list[tuple[object, Any]]:
+        if not self._futures:
+            return []
         try:
-            futures = client.map(run_task, list(tasks), pure=False)
-            for future in as_completed(futures):
-                yield future.result()
+            done, _ = self._distributed.wait(list(self._futures), timeout=timeout, return_when="FIRST_COMPLETED")
+        except self._distributed.TimeoutError:
+            return []
+        finished = []
+        for future in done:
+            self._futures.discard(future)
+            try:
+                finished.append((future, future.result()))
+            except Exception as exc:  # e.g. KilledWorker: its points failed
+                finished.append((future, exc))
+        return finished
+
+    def close(self) -> None:
+        try:
+            self.client.close()
         finally:
-            client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def _executor(executor: str, workers: int, scheduler: str | None):
+    if executor == "dask":
+        return _Dask(workers, scheduler)
+    return _Inline() if workers == 1 else _Pool(workers)
 
 
 # -- the loop -----------------------------------------------------------------------------------
+POLL_S = 0.5  # how often a run waiting for points that another run is computing looks at them again
+
+
 @dataclass
 class SweepSummary:
-    """What a sweep did."""
+    """What a sweep did. ``errors``: every failed point of the grid in the store at the end, this run's or not."""
 
     name: str
     out_dir: Path
@@ -242,30 +380,40 @@ class SweepSummary:
     already_done: int
     computed: int = 0
     failed: int = 0
+    by_others: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     exports: list[Path] = field(default_factory=list)
     figures: str | None = None
 
     def lines(self) -> list[str]:
+        others = f", {self.by_others} by another run at the same time" if self.by_others else ""
         out = [f"sweep {self.name}: {self.total} points; {self.already_done} already in the store, "
-               f"{self.computed} computed now, {self.failed} failed ({self.seconds:.1f} s)",
+               f"{self.computed} computed now{others}, {self.failed} failed ({self.seconds:.1f} s)",
                f"store:   {self.out_dir / 'sweep.sqlite'}"]
         out += [f"table:   {path}" for path in self.exports]
         if self.figures:
             out.append(f"figures: {self.figures}")
         if self.errors:
-            out.append(f"failures ({len(self.errors)}; rerun with --retry-failed):")
+            out.append(f"failures: {self.failure_line()}:")
             out += [f"  {h[:12]}  {e}" for h, e in self.errors[:5]]
             if len(self.errors) > 5:
                 out.append(f"  ... {len(self.errors) - 5} more (column 'error' of the table)")
         return out
+
+    def failure_line(self) -> str:
+        return (f"{len(self.errors)} of {self.total} points failed; fix the cause and rerun with --retry-failed "
+                "to compute them again")
 
 
 def run_sweep(grid: Grid, out_dir: str | Path, *, executor: str = "local", workers: int | None = None,
               scheduler: str | None = None, retry_failed: bool = False, max_batch: int = 64, threads: int = 1,
               progress: bool = True, export_format: str | None = "csv") -> SweepSummary:
     """Compute every point of ``grid`` not yet done in ``<out_dir>/sweep.sqlite``.
+
+    Several runs of the same grid may share one store at once: each claims the points it is about to
+    compute, so every point is computed once; a run whose remaining points another run is computing waits
+    for them (and takes them over if that run dies).
 
     Args:
         grid: a validated grid (:func:`load_grid`, :func:`preset_grid`, :func:`expand_grid`).
@@ -281,8 +429,12 @@ def run_sweep(grid: Grid, out_dir: str | Path, *, executor: str = "local", worke
         progress: show a progress bar on stderr.
         export_format: 'csv', 'parquet' or None: write points/history tables at the end.
 
+    Returns:
+        the summary; ``summary.errors`` lists the grid's failed points (non-empty: the grid is not complete).
+
     Raises:
-        ValueError (StoreError): unusable store or folder, bad executor settings.
+        ValueError (StoreError): unusable store or folder (damaged, another version, another grid), bad
+            executor settings.
     """
     import os
 
@@ -297,36 +449,24 @@ def run_sweep(grid: Grid, out_dir: str | Path, *, executor: str = "local", worke
         raise ValueError(f"threads must be >= 1, got {threads}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    store = Store.open(out_dir)
+    store = Store.open(out_dir, grid_name=grid.name)
     try:
         store.add_pending(grid.points)
-        status = store.statuses()
+        states = store.states()
         wanted = {"pending", "failed"} if retry_failed else {"pending"}
-        todo = {p.hash for p in grid.points if status[p.hash] in wanted}
+        todo = {p.hash: states[p.hash][1] for p in grid.points if states[p.hash][0] in wanted}  # hash -> attempts
         summary = SweepSummary(grid.name, out_dir, len(grid.points), len(grid.points) - len(todo))
-        tasks = plan_tasks(grid.points, todo, max_batch=max_batch, workers=workers, threads=threads)
-        if executor == "dask":
-            stream = _run_dask(tasks, workers, scheduler)
-        elif workers == 1:
-            stream = _run_inline(tasks)
-        else:
-            stream = _run_pool(tasks, workers)
+        tasks = plan_tasks(grid.points, set(todo), max_batch=max_batch, workers=workers, threads=threads)
+        store.begin_run()
+        pool = _executor(executor, workers, scheduler) if tasks else _Inline()
         bar = _bar(len(grid.points), summary.already_done, progress, grid.name)
         try:
-            for outcomes in stream:
-                mine = [o for o in outcomes if o["hash"] in todo]
-                todo.difference_update(o["hash"] for o in mine)
-                store.record(mine)
-                summary.computed += sum(o["status"] == "done" for o in mine)
-                summary.failed += sum(o["status"] == "failed" for o in mine)
-                if bar is not None:
-                    bar.update(len(mine))
+            _compute(tasks, todo, store, pool, summary, bar)
         finally:
             if bar is not None:
                 bar.close()
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            pool.close()
+            store.end_run()
         summary.errors = store.errors(p.hash for p in grid.points)
     finally:
         store.close()
@@ -336,6 +476,66 @@ def run_sweep(grid: Grid, out_dir: str | Path, *, executor: str = "local", worke
         summary.exports = export(out_dir, export_format)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _compute(tasks: Sequence[Task], todo: dict[str, int], store: Store, pool: Any, summary: SweepSummary,
+             bar: Any) -> None:
+    """Claim, dispatch and record tasks until none of ``todo`` is left (computed here or by another run)."""
+    from collections import deque
+
+    queue = deque(tasks)
+    running: dict[object, tuple[Task, set[str]]] = {}
+    waiting: list[Task] = []  # tasks with points another live run is computing
+    looked = time.monotonic()
+
+    def pending_of(task: Task) -> dict[str, int]:
+        return {h: todo[h] for h, _ in task.items if h in todo}
+
+    def settled(hashes: Sequence[str], *, here: bool) -> None:
+        for h in hashes:
+            todo.pop(h, None)
+        if not here:
+            summary.by_others += len(hashes)
+        if bar is not None and hashes:
+            bar.update(len(hashes))
+
+    while queue or running or waiting:
+        while queue and len(running) < pool.capacity():
+            task = queue.popleft()
+            expected = pending_of(task)
+            if not expected:
+                continue
+            claimed, elsewhere, held = store.claim(expected)
+            settled(elsewhere, here=False)
+            if held:
+                waiting.append(task)
+            if claimed:
+                if not task.batched:  # only a batch must run whole (its members' bits depend on each other)
+                    task = dataclasses.replace(task, items=tuple(item for item in task.items if item[0] in claimed))
+                running[pool.submit(task)] = (task, set(claimed))
+        if running:
+            for handle, result in pool.collect(timeout=POLL_S if waiting else 5.0):
+                task, claimed = running.pop(handle)
+                if isinstance(result, BaseException):
+                    outcomes = [_failure(h, result, 0.0, len(task.items)) for h, _ in task.items if h in claimed]
+                else:
+                    outcomes = [o for o in result if o["hash"] in claimed]
+                store.record(outcomes)
+                summary.computed += sum(o["status"] == "done" for o in outcomes)
+                summary.failed += sum(o["status"] == "failed" for o in outcomes)
+                settled([o["hash"] for o in outcomes], here=True)
+        elif waiting and not queue:
+            time.sleep(POLL_S)
+        if waiting and time.monotonic() - looked >= POLL_S:  # another run finished, released or died?
+            looked = time.monotonic()
+            still = []
+            for task in waiting:
+                expected = pending_of(task)
+                if expected and store.held_elsewhere(expected):
+                    still.append(task)
+                elif expected:
+                    queue.append(task)
+            waiting = still
 
 
 def _bar(total: int, initial: int, enabled: bool, name: str):
