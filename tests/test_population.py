@@ -337,11 +337,22 @@ def test_logitwise_label_smoothing_threshold_is_one_minus_alpha_times_half_mu(al
 def test_theory_kind_keeps_the_point_hashes_and_checks_new_keys():
     # the point kind is the TheoryPoint dataclass now; its table has no defaults, so a grid's hash covers exactly
     # the keys it gives: the paper-theory preset hashes as before (first point pinned from the tuple-table code)
+    from synthmodel.sweep import kinds
     from synthmodel.sweep.grid import PRESETS, expand_grid
     from synthmodel.sweep.kinds import get_kind, normalize_params
 
     grid = expand_grid(PRESETS["paper-theory"].grid_spec(), source="test", code_version="fixed")
-    assert len(grid.points) == 312 and grid.points[0].hash == "63c585ee884faf316997d67710482b45"
+    first = grid.points[0]
+    assert len(grid.points) == 312
+    assert first.params == {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.0, "alpha": 0.0, "attack": "joint",
+                            "norm": "linf"}
+    # the same params hashed as the store schema 1 did: pinned from the tuple-table code (schema 2 only adds columns,
+    # so a schema-1 store migrates by recomputing exactly these hashes)
+    schema, kinds.STORE_SCHEMA = kinds.STORE_SCHEMA, 1
+    try:
+        assert kinds.point_hash(first.kind, first.params, "fixed") == "63c585ee884faf316997d67710482b45"
+    finally:
+        kinds.STORE_SCHEMA = schema
     kind = get_kind("theory")
     base = {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.1}
     assert normalize_params(kind, base) == base
