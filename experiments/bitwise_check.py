@@ -15,9 +15,9 @@ What is recorded (small sizes: about 3-5 min on 2 shared cores):
 * ``python -m real_data.train`` on a tiny ``.npz`` set (small CNN, CPU): at, trades, standard, kd, label
   smoothing, l2, the step and cosine schedules, and a run stopped after one epoch and resumed.
 
-The comparison keys a store's points by kind and complete params, and compares their hashes (so a store
-written before the change is still found by the code after it), results and per-epoch history as JSON
-text: equal text means equal floats.
+The comparison keys a store's points by kind and complete params, and compares results and per-epoch history
+as JSON text (equal text means equal floats) and the points' hashes (equal unless the code version changed:
+a store written before the change is then refused, and its points are computed again in a new folder).
 Checkpoints are compared tensor by tensor with ``torch.equal``.
 """
 
@@ -90,6 +90,7 @@ REAL_RUNS: dict[str, list[str]] = {
     "ls-l2-cosine": ["--label-smoothing", "0.2", "--norm", "l2", "--epochs", "3", "--schedule", "cosine",
                      "--attack-bn", "eval", "--no-augment"],
     "milestones": ["--epochs", "4", "--milestones", "1", "3", "--gamma", "0.5", "--lr", "0.03", "--no-random-start"],
+    "short-step": ["--epochs", "2"],  # the step schedule's default milestones of a 2-epoch run
 }
 
 
@@ -132,17 +133,18 @@ def record(out: Path) -> None:
     common = ["-m", "real_data.train", "--dataset", "npz:set.npz", *REAL_FAST]
     for name, args in REAL_RUNS.items():
         _python(real, *common, *args, "--out", name)
-    _python(real, *common, "--mode", "kd", "--teacher", "at-step/best.pt", "--temperature", "2", "--epochs", "2",
+    _python(real, *common, "--mode", "kd", "--teacher", "at-step/best.pt", "--temperature", "2", "--epochs", "3",
             "--out", "kd")
     _python(real, *common, "--epochs", "3", "--stop-after", "1", "--out", "resumed")
     _python(real, *common, "--epochs", "3", "--resume", "--out", "resumed")
     print(f"real_data.train: {len(REAL_RUNS) + 2} runs", flush=True)
 
 
-def _store(folder: Path) -> dict[str, tuple[str, str, str, str]]:
-    """(kind, params JSON) -> (hash, status, results JSON, history JSON)."""
+def _store(folder: Path) -> tuple[str, dict[str, tuple[str, str, str, str]]]:
+    """(code version, {(kind, params JSON): (hash, status, results JSON, history JSON)})."""
     con = sqlite3.connect(f"file:{folder / 'sweep.sqlite'}?mode=ro", uri=True)
     try:
+        version = con.execute("SELECT value FROM meta WHERE key = 'code_version'").fetchone()[0]
         points = con.execute("SELECT hash, kind, params, status, results FROM points").fetchall()
         history: dict[str, list] = {}
         for h, step, rec in con.execute("SELECT hash, step, record FROM history ORDER BY hash, step"):
@@ -153,7 +155,7 @@ def _store(folder: Path) -> dict[str, tuple[str, str, str, str]]:
     for h, kind, params, status, results in points:
         key = json.dumps([kind, json.loads(params)], sort_keys=True)
         out[key] = (h, status, results, json.dumps(history.get(h, [])))
-    return out
+    return version, out
 
 
 def _same_tensors(a, b) -> bool:
@@ -169,15 +171,21 @@ def _same_tensors(a, b) -> bool:
 def compare(base: Path, new: Path) -> int:
     differences = 0
     for folder in sorted((base / "sweeps").iterdir()):
-        old, now = _store(folder), _store(new / "sweeps" / folder.name)
+        (old_version, old), (new_version, now) = _store(folder), _store(new / "sweeps" / folder.name)
         missing = sorted(set(old) ^ set(now))
-        changed = [k for k in set(old) & set(now) if old[k] != now[k]]
+        changed = [k for k in set(old) & set(now) if old[k][1:] != now[k][1:]]
         status = "identical" if not missing and not changed else (
             f"{len(changed)} points differ, {len(missing)} points only in one store")
-        print(f"sweep {folder.name}: {len(old)} points, {status}")
+        # a point's hash covers the code version: equal hashes need equal versions and equal complete params
+        rehashed = sum(old[k][0] != now[k][0] for k in set(old) & set(now))
+        hashes = ("same hashes" if not rehashed else
+                  f"{rehashed} hashes differ (code version {old_version} -> {new_version})")
+        print(f"sweep {folder.name}: {len(old)} points, {status}; {hashes}")
         for key in (changed + missing)[:5]:
             print(f"    {key[:200]}")
         differences += len(missing) + len(changed)
+        if rehashed and old_version == new_version:
+            differences += rehashed
     for path in sorted(base.rglob("*")):
         rel = path.relative_to(base)
         if path.is_dir() or rel.parts[0] == "sweeps" or path.suffix == ".npz":

@@ -1,4 +1,4 @@
-"""Device, precision and checkpoint handling shared by the real-data CLIs.
+"""Checkpoint files of the real-data pipeline (reading and rebuilding models).
 
 Checkpoint files (``.pt``) are read with ``torch.load(weights_only=True)``: only tensors and plain
 containers are accepted, so a file from a stranger cannot run code. Two kinds are understood:
@@ -9,128 +9,39 @@ containers are accepted, so a file from a stranger cannot run code. Two kinds ar
 * the official code's files: a bare state_dict of PreActResNet-18 (possibly saved from
   ``nn.DataParallel``, with ``module.`` prefixes). The architecture and normalisation then come
   from the command line and the data set.
+
+Device and precision live in :mod:`real_data.device`, compiled forwards in :mod:`real_data.forwards`,
+atomic writes in :mod:`synthmodel.atomic`; the names :mod:`real_data.cas` and :mod:`real_data.saliency` take
+from here are re-exported (``save_figure_atomic`` writes through :func:`synthmodel.atomic.atomic_path`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from synthmodel.atomic import atomic_path
+
 from .data import ImageData
+from .device import MEMORY_FORMATS, PRECISIONS, precision_dtype, resolve_device, use_channels_last
 from .models import ImageClassifier, build_arch, load_weights
 
-__all__ = ["resolve_device", "autocast", "Forwards", "model_forwards", "precision_dtype", "use_channels_last",
-           "save_atomic", "save_figure_atomic",
-           "read_checkpoint", "model_from_checkpoint", "CHECKPOINT_FORMAT", "PRECISIONS", "MEMORY_FORMATS"]
+__all__ = ["read_checkpoint", "model_from_checkpoint", "CHECKPOINT_FORMAT", "save_figure_atomic", "resolve_device",
+           "precision_dtype", "use_channels_last", "PRECISIONS", "MEMORY_FORMATS"]
 
 CHECKPOINT_FORMAT = "real_data-checkpoint-1"
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp32")           # auto = bf16 autocast on CUDA, fp32 on CPU
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto = channels_last on CUDA
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU -> ValueError."""
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was requested but no CUDA GPU is available (use --device cpu)")
-    return torch.device(name)
-
-
-def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bfloat16 or None (full float32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if precision == "bf16" else None
-
-
-def use_channels_last(memory_format: str, device: torch.device) -> bool:
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
-    return memory_format == "channels_last" or (memory_format == "auto" and device.type == "cuda")
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """bf16 autocast on ``device`` when dtype is given, else nothing (float32)."""
-    if dtype is None:
-        yield
-    else:
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            yield
-
-
-class _AttackView(torch.nn.Module):
-    """``model`` as PGD calls it; a class of its own so that torch.compile keeps the attack's graphs apart.
-
-    Dynamo keeps one cache of compiled graphs per code object and stops compiling a function after
-    ``torch._dynamo.config.recompile_limit`` (8) variants, running it eagerly from then on. Attacks
-    (input requires grad, weights frozen; train or eval mode) and clean passes / training steps
-    (weights require grad, or no grad at all) are different graphs, and the last batch of an epoch
-    adds a dynamic-batch variant of each: in one cache, an AT run with its test evaluation fills all
-    8 entries. With the attack behind this view each cache holds about half of them.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
-@dataclass(frozen=True)
-class Forwards:
-    """How a model is called: ``clean`` for clean logits and training steps, ``attack`` inside PGD.
-
-    Both compute ``model(x)``; they differ only in whether (and with which cache) they are compiled.
-    """
-
-    clean: torch.nn.Module
-    attack: torch.nn.Module
-
-
-def model_forwards(model: torch.nn.Module, compile: bool = False, mode: str | None = None) -> Forwards:
-    """The model itself twice, or two torch.compile'd entry points with separate graph caches.
-
-    Args:
-        model: the classifier (its parameters are updated in place; compiled graphs read them live).
-        compile: wrap in ``torch.compile``.
-        mode: torch.compile's mode (None = its default); implies ``compile``.
-    """
-    if not (compile or mode):
-        return Forwards(clean=model, attack=model)
-    return Forwards(clean=torch.compile(model, mode=mode), attack=torch.compile(_AttackView(model), mode=mode))
-
-
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def save_figure_atomic(fig: Any, path: str | Path, dpi: int) -> None:
-    """Save a matplotlib figure as PNG to a temporary file, then rename (as :func:`save_atomic`); close it."""
+    """Save a matplotlib figure as PNG atomically (:func:`synthmodel.atomic.atomic_path`) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from real_data.device import resolve_device
 from real_data.models import ARCHS, PreActResNet18, WideResNet, build_arch, load_weights
-from real_data.runtime import model_from_checkpoint, read_checkpoint, resolve_device
+from real_data.runtime import model_from_checkpoint, read_checkpoint
 from real_data.saliency import grad_cam
 from synthmodel.attribution import attribution
 

@@ -245,15 +245,14 @@ class SweepSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     exports: list[Path] = field(default_factory=list)
-    figures: str | None = None
+    hooks: dict[str, str] = field(default_factory=dict)  # post-run hook name -> its line (synthmodel.sweep.plugins)
 
     def lines(self) -> list[str]:
         out = [f"sweep {self.name}: {self.total} points; {self.already_done} already in the store, "
                f"{self.computed} computed now, {self.failed} failed ({self.seconds:.1f} s)",
                f"store:   {self.out_dir / 'sweep.sqlite'}"]
         out += [f"table:   {path}" for path in self.exports]
-        if self.figures:
-            out.append(f"figures: {self.figures}")
+        out += [f"{name + ':':<8} {line}" for name, line in self.hooks.items()]
         if self.errors:
             out.append(f"failures ({len(self.errors)}; rerun with --retry-failed):")
             out += [f"  {h[:12]}  {e}" for h, e in self.errors[:5]]
