@@ -16,7 +16,7 @@ from .models import MLP, FullLinear, TiedLinear, build_model
 from .sample import sample
 from .spec import FeatureModel, make_preset, preset_names
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "FeatureModel", "make_preset", "preset_names", "sample", "TiedLinear", "FullLinear", "MLP", "build_model",
