@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of real_data (issue 6) as one prepared run, for a session lent a CUDA machine.
+# The GPU checks of real_data as one prepared run, for a machine with a CUDA GPU.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [BUDGET_SECONDS]
 #

@@ -1,11 +1,12 @@
 """One PGD-10 AT epoch of PreActResNet-18 on CIFAR-10-shaped data: real_data's trainer vs an official-style loop.
 
-Measured on one NVIDIA H200 (torch 2.11.0+cu130, 2026-11-27, via `bash benchmarks/gpu_check.sh OUT`):
+Measured on one NVIDIA H200 (torch 2.11.0+cu130, via `bash benchmarks/gpu_check.sh OUT`):
 
     defaults (n=50000, batch 128, bf16, channels_last, CUDA-graph attacks): 12.78 s, 3912 img/s,
     9.89x the compute floor; baseline 874 img/s (n=5000) in the same run: 4.48x.
     --no-cuda-graphs (n=20000): 1515 img/s (25.6x the floor). --batch-size 512: 5150 img/s (7.5x).
-    --compile (n=5000, one shared compile cache then): 123 img/s, compilations included (real_data/README.md).
+    --compile (n=5000, compilations included, with one compile cache for attacks and training steps; see
+    CHANGELOG.md): 123 img/s.
 
     CPU, 2 cores shared with other jobs, torch 2.13.0 CPU, fp32, n=32, batch 16, one run:
     `OMP_NUM_THREADS=2 python benchmarks/real_data_epoch.py --device cpu --n 32 --batch-size 16`
@@ -13,7 +14,7 @@ Measured on one NVIDIA H200 (torch 2.11.0+cu130, 2026-11-27, via `bash benchmark
     weight gradients of the 10 attack steps; the shared cores make this number noisy, and it says
     nothing about the GPU targets below.
 
-GPU targets (issue 6), to be measured on a lent card with the default settings
+GPU targets, measured on a CUDA card with the default settings
 (`python benchmarks/real_data_epoch.py --device cuda`, n = 50000): >= 4x the baseline's images/s,
 and within 3x of the compute floor, i.e. achieved FLOP/s >= peak / 3, where one epoch costs
 n * F * (2 * steps + 3) FLOP: F = forward FLOP per image (counted here by hooks: 1.11 GFLOP for
@@ -46,8 +47,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from real_data.data import CIFAR10_MEAN, CIFAR10_STD, ImageData  # noqa: E402
+from real_data.device import resolve_device  # noqa: E402
+from real_data.forwards import model_forwards  # noqa: E402
 from real_data.models import build_arch  # noqa: E402
-from real_data.runtime import model_forwards, resolve_device  # noqa: E402
 from real_data.train import TrainConfig, Trainer  # noqa: E402
 
 

@@ -1,12 +1,12 @@
-"""Compute, memory and per-operator roofline floors of one PGD-k AT epoch (issue 6's speed target in context).
+"""Compute, memory and per-operator roofline floors of one PGD-k AT epoch (the GPU speed target in context).
 
-Issue 6 asks for an AT epoch within 3x of the *compute* floor (FLOPs / peak FLOP/s). A network run
-operator by operator also has a *memory* floor: every operator reads its inputs from and writes its
-outputs to GPU memory. This script counts both, exactly, for the real model code: it runs one
-attack step (forward + input-gradient backward, weights frozen, batch-norm in train mode) and one
-training step (forward + full backward) on the CPU under bf16 autocast and channels_last, and
-intercepts every ATen operator (``TorchDispatchMode``): FLOPs from ``torch.utils.flop_counter``'s
-formulas, bytes = sizes of the operator's tensor inputs and outputs (views move nothing). Floors:
+The real-data speed target (README, Speed) asks for an AT epoch within 3x of the *compute* floor (FLOPs /
+peak FLOP/s). A network run operator by operator also has a *memory* floor: every operator reads its inputs
+from and writes its outputs to GPU memory. This script counts both, exactly, for the real model code: it
+runs one attack step (forward + input-gradient backward, weights frozen, batch-norm in train mode) and one
+training step (forward + full backward) on the CPU under bf16 autocast and channels_last, and intercepts
+every ATen operator (``TorchDispatchMode``): FLOPs from ``torch.utils.flop_counter``'s formulas, bytes =
+sizes of the operator's tensor inputs and outputs (views move nothing). Floors:
 
 * compute: all FLOPs at the peak rate;
 * memory: all bytes at the memory bandwidth (the traffic of unfused, operator-by-operator
@@ -19,7 +19,7 @@ Counts are taken at the recipe's batch of 128 and divided by it: weights (and th
 gradients) are read and written once per batch, activations once per image.
 
 Output for PreActResNet-18, CIFAR-10 shapes, PGD-10, 50k images, H200 figures (989 TFLOP/s dense
-bf16, 4.8 TB/s), `python benchmarks/roofline.py --measured-img-s 3912` (CPU, 5 s, 2026-11-27):
+bf16, 4.8 TB/s), `python benchmarks/roofline.py --measured-img-s 3912` (CPU, 5 s):
 
     attack step: 2.222 GFLOP, 0.022 GB per image; training step: 3.329 GFLOP, 0.023 GB per image
     epoch: 1.277 PFLOP, 12.1 TB
@@ -30,7 +30,7 @@ bf16, 4.8 TB/s), `python benchmarks/roofline.py --measured-img-s 3912` (CPU, 5 s
 operator (`--top 8`): convolution backward 2.25 TB, batch-norm backward 1.84, ReLU backward 1.84,
 adds (residuals, gradient accumulation) 1.81, convolution 1.51, batch-norm 1.23, ReLU 1.23, casts 0.33.
 
-So the issue's second target, within 3x of the compute floor (3.87 s), asks an operator-by-operator
+So the second target, within 3x of the compute floor (3.87 s), asks an operator-by-operator
 execution to run at 82% of this roofline on every operator. A caveat on the memory side: the
 count sends every operand through HBM, while an H100/H200 has a 50 MB L2 cache that can hold a whole
 batch's largest activation (128 x 64 x 32 x 32 bf16 = 16.8 MB), so some traffic is served from L2 and

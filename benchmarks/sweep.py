@@ -5,8 +5,7 @@ command below):
     256 AT runs, 5 epochs, n_train = n_test = 256, batch 128, PGD-10 train / PGD-20 eval, 10 noise dims:
       linear model: loop 17.8 s, batched 1.1 s -> 16.6x  (default ``--model linear``; 3 runs: 11.9x-16.6x)
       tied model:   loop 32.4 s, batched 2.5 s -> 13.0x  (``--model tied``; 2 runs: 13.0x, 16.1x)
-    Before the evaluation was batched too (commit c9b074c, same session and load): linear 5.9x (loop 16.3 s,
-    batched 2.8 s). The batched results equal the loop's (largest robust-accuracy difference 0 in float32). The
+    The batched results equal the loop's (largest robust-accuracy difference 0 in float32). The
     machine is shared, so absolute times vary run to run (the loop took 16-26 s); the ratio is measured in one
     process. What is left of the batched time is mostly the PGD arithmetic itself (two small-K bmm's per step,
     20 eval steps on train and test sets each epoch), the per-member random starts (each member has its own

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from synthmodel.cli import ArgumentParser
 
-from . import FIGURES, render
+from .catalog import FIGURES, render
 from .data import Sources, discover_stores
 
 

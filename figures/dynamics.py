@@ -9,26 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from synthmodel.dynamics import model_label, variant_label
+
 from . import style
 from .data import MissingData, Sources, point_histories
-
-SEED_KEYS = ("seed", "hash", "store", "status", "seconds", "batch_size", "attempts", "finished_at", "error")
-
-
-def _variant(point: pd.Series) -> str:
-    """AT / AT + LS / AT + KD / standard / TRADES, from the point's parameters."""
-    explicit = point.get("variant")
-    if isinstance(explicit, str) and explicit:
-        return explicit
-    mode = str(point.get("mode", "at"))
-    name = {"at": "AT", "trades": "TRADES", "standard": "standard"}.get(mode, mode)
-    teacher = point.get("teacher")
-    if isinstance(teacher, str) and teacher:
-        return f"{name} + KD"
-    alpha = point.get("label_smoothing")
-    if alpha is not None and not pd.isna(alpha) and float(alpha) > 0:
-        return f"{name} + LS {float(alpha):g}"
-    return name
 
 
 def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -46,7 +30,7 @@ def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
         robust = history["test_robust_acc"].astype(float).to_numpy()
         best = int(np.argmax(robust))
         cas = history["cas"].astype(float).to_numpy()
-        rows.append({**point.to_dict(), "variant": _variant(point), "best_epoch": int(history["epoch"].iloc[best]),
+        rows.append({**point.to_dict(), "variant": variant_label(point), "best_epoch": int(history["epoch"].iloc[best]),
                      "cas_best": cas[best], "cas_last": cas[-1],
                      "robust_best": robust[best], "robust_last": robust[-1]})
     if not rows:
@@ -58,17 +42,9 @@ MAX_STUDIES = 4    # rows / columns of panels
 MAX_LINES = 6      # eps curves per study
 
 
-def _study(point: pd.Series) -> str:
-    """World and model of a point: the unit the experiments compare within (docs/EXPERIMENTS.md)."""
-    model = str(point.get("model", "?"))
-    hidden = point.get("hidden")
-    if model == "mlp" and isinstance(hidden, str):
-        model += hidden.replace(" ", "")
-    return f"{point.get('preset', '?')} {model}"
-
-
 def _with_studies(table: pd.DataFrame) -> pd.DataFrame:
-    return table.assign(study=table.apply(_study, axis=1))
+    """Adds ``study``: world and model of each point, the unit the experiments compare within."""
+    return table.assign(study=table.apply(model_label, axis=1))
 
 
 def _mean_history(histories: dict[str, pd.DataFrame], hashes) -> tuple[pd.DataFrame, pd.DataFrame | None, int]:

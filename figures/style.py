@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
+
+from synthmodel.atomic import atomic_path  # noqa: E402
 
 # Okabe & Ito (2008), safe for the common colour-vision deficiencies
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -45,15 +46,14 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 3.4, height: float = 2
 
 
 def save(fig, out_dir: Path, name: str) -> list[Path]:
-    """Write ``name.png`` and ``name.pdf`` into out_dir (temp file, then rename) and close the figure."""
+    """Write ``name.png`` and ``name.pdf`` into out_dir (atomically) and close the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with plt.rc_context(RC):
         for ext in ("png", "pdf"):
             target = out_dir / f"{name}.{ext}"
-            tmp = out_dir / f".{name}.tmp.{ext}"
-            fig.savefig(tmp, format=ext)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                fig.savefig(tmp, format=ext)
             written.append(target)
     plt.close(fig)
     return written

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from synthmodel.atomic import atomic_path, save_figure
 from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
 from synthmodel.sample import derive_seed
@@ -52,17 +52,10 @@ from synthmodel.sample import derive_seed
 from .autoattack import BACKENDS, VERSIONS, autoattack_correct, backend_label, find_backend
 from .checkpoints import NORMALIZATIONS, input_normalization_arg, model_from_checkpoint
 from .data import DATASET_SPECS, ImageData, load_dataset
+from .device import MEMORY_FORMATS, PRECISIONS, precision_dtype, resolve_device, use_channels_last
 from .evaluate import Evaluation, ThreatModel, evaluate
 from .graphs import GraphedPGD
 from .models import ARCH_NAMES, ImageClassifier, arch_name
-from .runtime import (
-    MEMORY_FORMATS,
-    PRECISIONS,
-    precision_dtype,
-    resolve_device,
-    save_figure_atomic,
-    use_channels_last,
-)
 
 __all__ = ["checkpoint_cas", "plot_heatmaps", "build_parser", "main"]
 
@@ -103,7 +96,7 @@ def plot_heatmaps(matrices: list[np.ndarray], titles: list[str], path: Path) -> 
         ax.set_xlabel("class j")
         ax.set_ylabel("class i")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="C[i, j]")
-    save_figure_atomic(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         if out is not None:
             frame = pd.DataFrame(matrix, index=list(data.class_names), columns=list(data.class_names))
             target = out / f"matrix_{index}_{Path(path).stem}.csv"
-            frame.to_csv(target.with_name(target.name + ".tmp"))
-            os.replace(target.with_name(target.name + ".tmp"), target)
+            with atomic_path(target) as tmp:
+                frame.to_csv(tmp)
         if failure is not None:
             break
     table = pd.DataFrame(results)
     if out is not None:
-        table.to_csv(out / "cas.csv.tmp", index=False)
-        os.replace(out / "cas.csv.tmp", out / "cas.csv")
+        with atomic_path(out / "cas.csv") as tmp:
+            table.to_csv(tmp, index=False)
         titles = [f"{Path(r['checkpoint']).name}: CAS " + ("nan" if r["cas"] is None else f"{r['cas']:.2f}")
                   for r in results]
         plot_heatmaps(matrices, titles, out / "heatmaps.png")

@@ -46,10 +46,12 @@ from torch import nn
 
 from .data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, ImageData
 from .models import ImageClassifier, WideResNet, build_arch
-from .runtime import CHECKPOINT_FORMAT
 
-__all__ = ["read_checkpoint", "model_from_checkpoint", "load_weights", "strip_prefixes", "InputNormalization",
-           "parse_input_normalization", "input_normalization_arg", "NORMALIZATIONS", "safe_globals"]
+__all__ = ["CHECKPOINT_FORMAT", "read_checkpoint", "model_from_checkpoint", "load_weights", "strip_prefixes",
+           "InputNormalization", "parse_input_normalization", "input_normalization_arg", "NORMALIZATIONS",
+           "safe_globals"]
+
+CHECKPOINT_FORMAT = "real_data-checkpoint-1"  # this package's checkpoint files (model_meta in real_data.train)
 
 NORMALIZATIONS = "none | cifar10 | cifar100 | dataset | MEAN/STD"
 _PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel / DDP, torch.compile, a wrapper's .model

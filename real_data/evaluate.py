@@ -20,8 +20,9 @@ from synthmodel.attacks import pgd, preserve_mode
 from synthmodel.attribution import Attribution, AttributionAccumulator, head_weight
 
 from .data import to_float
+from .device import autocast
+from .forwards import Forwards, model_forwards
 from .models import ImageClassifier
-from .runtime import Forwards, autocast, model_forwards
 
 __all__ = ["ThreatModel", "Evaluation", "evaluate"]
 
@@ -72,7 +73,7 @@ def evaluate(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor,
         with_attribution: also accumulate C and CAS on the adversarial inputs.
         progress: tqdm bar on stderr.
         forwards: how ``model`` is called for clean logits and inside the attack (e.g. compiled; see
-            :func:`~real_data.runtime.model_forwards`); default ``model`` itself for both.
+            :func:`~real_data.forwards.model_forwards`); default ``model`` itself for both.
         pgd_fn: the attack's implementation (a :class:`~real_data.graphs.GraphedPGD` replays CUDA graphs).
     """
     if images.shape[0] != labels.shape[0] or images.shape[0] == 0:

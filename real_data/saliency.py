@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from synthmodel.atomic import save_figure
 from synthmodel.attacks import preserve_mode
 from synthmodel.cli import ArgumentParser
 
 from .checkpoints import NORMALIZATIONS, input_normalization_arg, model_from_checkpoint
 from .data import DATASET_SPECS, ImageData, load_dataset, to_float
+from .device import resolve_device
 from .models import ARCH_NAMES, ImageClassifier, arch_name
-from .runtime import resolve_device, save_figure_atomic
 
 __all__ = ["grad_cam", "saliency_grid", "build_parser", "main"]
 
@@ -82,7 +83,7 @@ def saliency_grid(models: list[ImageClassifier], names: list[str], data: ImageDa
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,30 +1,31 @@
 """Adversarial training on CIFAR-10/100 or any .npz image set, fast on one GPU, testable on CPU.
 
 ``python -m real_data.train --dataset cifar10:DIR --out runs/at`` runs the paper's official recipe
-(PAPER.md, "Official training recipe"): PreActResNet-18, SGD (momentum 0.9, weight decay 5e-4),
+(docs/PAPER.md, "Official training recipe"): PreActResNet-18, SGD (momentum 0.9, weight decay 5e-4),
 lr 0.1 x0.1 at epochs 100 and 150 of 200, batch 128, random crop (4 px reflect padding) + flip,
 PGD-10 l_inf AT with eps 8/255, step 2/255, random start, attacked in train (batch-norm) mode as the
 official code does; PGD-20 (step eps/4) test evaluation every epoch; best / last / every-10th
-checkpoints. Every part is a flag (``--help``).
+checkpoints. Every setting is a field of :class:`TrainConfig` and a flag (``--help``).
 
 Modes: ``standard`` (clean training), ``at`` (PGD AT, l_inf or l2; ``--label-smoothing`` gives
 AT + label smoothing), ``trades`` (beta 6), ``kd`` (AT against a teacher's soft labels on the same
-adversarial input, ``--teacher FILE``). Losses and the attack are synthmodel's (one implementation).
+adversarial input, ``--teacher FILE``). The objectives, learning-rate schedule, epoch loop, best-epoch
+tracker and epoch record are synthmodel's training core (:mod:`synthmodel.objectives`,
+:mod:`synthmodel.training`), as are the attack and the losses: one implementation of each.
 
 Output folder: ``config.json``, ``log.csv`` (one row per epoch), ``last.pt`` (everything needed to
 resume: model, optimiser, epoch, RNG states, history), ``best.pt`` (highest test robust accuracy),
-``epoch_NNN.pt`` every ``--save-every`` epochs. ``--resume`` continues from ``last.pt``; the
-continued run equals an uninterrupted one bit for bit on CPU (same device kind required).
+``epoch_NNN.pt`` every ``--save-every`` epochs, each written atomically. ``--resume`` continues from
+``last.pt``; the continued run equals an uninterrupted one bit for bit on CPU (same device kind required).
+:func:`run` is a run as a function ``settings -> scalars`` (resumable), the shape of a sweep point kind.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
-import os
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -33,30 +34,32 @@ from typing import Any
 import pandas as pd
 import torch
 
-from synthmodel.attacks import Norm, pgd, preserve_mode
+from synthmodel.atomic import atomic_path, write_text
+from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
-from synthmodel.losses import check_alpha, robust_objective, trades_attack_loss, trades_loss
+from synthmodel.objectives import Learner, make_objective, target_loss
 from synthmodel.sample import derive_seed
-from synthmodel.train import settings_from_dict
-
-from .checkpoints import load_weights, model_from_checkpoint, read_checkpoint
-from .data import DATASET_SPECS, ImageData, augmentation_defaults, load_dataset, to_float, train_subset
-from .evaluate import ThreatModel, evaluate
-from .graphs import GraphedPGD
-from .models import ARCHS, ImageClassifier, build_arch
-from .runtime import (
-    CHECKPOINT_FORMAT,
-    MEMORY_FORMATS,
-    PRECISIONS,
-    autocast,
-    model_forwards,
-    precision_dtype,
-    resolve_device,
-    save_atomic,
-    use_channels_last,
+from synthmodel.schema import (
+    REQUIRED,
+    Bounds,
+    add_arguments,
+    check_fields,
+    from_mapping,
+    from_namespace,
+    option,
+    to_dict,
 )
+from synthmodel.training import SCHEDULES, BestEpoch, EpochRecord, LRSchedule, fit_epoch
 
-__all__ = ["Mode", "TrainConfig", "Trainer", "train", "build_parser", "main"]
+from .checkpoints import CHECKPOINT_FORMAT, load_weights, model_from_checkpoint, read_checkpoint
+from .data import DATASET_SPECS, ImageData, augmentation_defaults, load_dataset, to_float, train_subset
+from .device import MEMORY_FORMATS, PRECISIONS, autocast, precision_dtype, resolve_device, use_channels_last
+from .evaluate import ThreatModel, evaluate
+from .forwards import model_forwards
+from .graphs import GraphedPGD
+from .models import ARCH_NAMES, ImageClassifier, arch_constructor, build_arch
+
+__all__ = ["Mode", "TrainConfig", "Trainer", "TrainOutcome", "train", "run", "build_parser", "main"]
 
 
 class Mode(str, Enum):
@@ -66,51 +69,84 @@ class Mode(str, Enum):
     KD = "kd"
 
 
-SCHEDULES = ("step", "cosine", "constant")
 ATTACK_BN = ("auto", "train", "eval")
 _DEFAULT_EPS = {"linf": 8.0, "l2": 128.0}   # in 1/255 pixel units (the official code's units)
 _DEFAULT_STEP = {"linf": 2.0, "l2": 16.0}
+_PIXELS = "1/255 pixel units"
+
+
+def _known_arch(name: str) -> bool:
+    """A registered architecture or wrn-D-W (real_data.models.arch_constructor)."""
+    try:
+        arch_constructor(name)
+    except ValueError:
+        return False
+    return True
+_POSITIVE = Bounds(low=0, low_open=True)
+_NON_NEGATIVE = Bounds(low=0)
+_AT_LEAST_ONE = Bounds(low=1)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a run's result (units in comments). Defaults: the official recipe."""
+    """Everything that determines a run's result. Defaults: the official recipe. (Field order = the keys'
+    order in config.json and checkpoints; the CLI lists the flags by group.)"""
 
-    dataset: str                        # see real_data.data.DATASET_SPECS
-    train_n: int = 0                    # seeded, stratified subset of the training split (0 = all of it)
-    arch: str = "preact-resnet18"       # see real_data.models.ARCHS
-    width: int = 32                     # channels of small-cnn's first stage (other archs ignore it)
-    mode: str = "at"                    # standard | at | trades | kd
-    norm: str = "linf"                  # linf | l2
-    eps: float | None = None            # radius in 1/255 pixel units; None = 8 (linf) / 128 (l2)
-    step_size: float | None = None      # PGD step in 1/255 units; None = 2 (linf) / 16 (l2)
-    steps: int = 10                     # PGD steps in training
-    random_start: bool = True           # uniform random start in the ball
-    attack_bn: str = "auto"             # BN mode while attacking: auto (at/kd train, trades eval) | train | eval
-    eval_steps: int = 20                # PGD steps of the per-epoch test evaluation
-    eval_step_size: float | None = None  # 1/255 units; None = eps / 4
-    eval_n: int = 0                     # test images evaluated per epoch (0 = all)
-    trades_beta: float = 6.0            # TRADES weight of the KL term
-    label_smoothing: float = 0.0        # alpha in [0, 1)
-    teacher: str | None = None          # teacher checkpoint (mode kd)
-    teacher_arch: str = "preact-resnet18"  # architecture of a bare-state_dict teacher
-    temperature: float = 1.0            # teacher softmax temperature
-    epochs: int = 200
-    batch_size: int = 128               # images per SGD step
-    lr: float = 0.1                     # initial learning rate (per batch of batch_size)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"              # step | cosine | constant
-    milestones: tuple[int, ...] | None = None  # step schedule: epochs where lr *= gamma; None = 50% and 75%
-    gamma: float = 0.1
-    augment: bool = True                # the data set's default augmentation (real_data.data.AUGMENTATIONS)
-    seed: int = 0
-    save_every: int = 10                # epoch_NNN.pt every this many epochs (0 = never)
-    precision: str = "auto"             # auto (bf16 autocast on CUDA) | bf16 | fp32
-    memory_format: str = "auto"         # auto (channels_last on CUDA) | channels_last | contiguous
-    compile: bool = False               # torch.compile the forward pass
-    cuda_graphs: bool = True            # on CUDA, replay each attack from a CUDA graph (not with compile)
-    eval_batch_size: int = 512
+    dataset: str = option(REQUIRED, DATASET_SPECS, group="data and model")
+    train_n: int = option(0, "train on a seeded, class-stratified subset of N training images (0 = all)",
+                          bounds=_NON_NEGATIVE, metavar="N", group="data and model")
+    arch: str = option("preact-resnet18", f"architecture: {ARCH_NAMES}", check=_known_arch, rule="(an architecture)",
+                       group="data and model")
+    width: int = option(32, "channels of small-cnn's first stage (other architectures ignore it)",
+                        bounds=_AT_LEAST_ONE, group="data and model")
+    mode: str = option("at", "standard | at (PGD AT) | trades | kd (AT with a teacher's soft labels)",
+                       choices=tuple(m.value for m in Mode), group="objective")
+    norm: str = option("linf", "threat-model norm", choices=tuple(n.value for n in Norm), group="objective")
+    eps: float | None = option(None, "radius", units=_PIXELS, bounds=_NON_NEGATIVE, none="8 (linf) / 128 (l2)",
+                               group="objective")
+    step_size: float | None = option(None, "PGD step in training", units=_PIXELS, bounds=_POSITIVE,
+                                     none="2 (linf) / 16 (l2)", group="objective")
+    steps: int = option(10, "PGD steps in training", bounds=_AT_LEAST_ONE, group="objective")
+    random_start: bool = option(True, "start PGD at a uniform point of the ball", group="objective")
+    attack_bn: str = option("auto", "batch-norm mode while attacking: auto = train for at/kd, eval for trades (the "
+                                    "official code's choices)", choices=ATTACK_BN, group="objective")
+    eval_steps: int = option(20, "PGD steps of the per-epoch test evaluation", bounds=_AT_LEAST_ONE,
+                             group="evaluation")
+    eval_step_size: float | None = option(None, "step of the test attack", units=_PIXELS, bounds=_POSITIVE,
+                                          none="eps / 4", group="evaluation")
+    eval_n: int = option(0, "test images evaluated per epoch (0 = all)", bounds=_NON_NEGATIVE, group="evaluation")
+    trades_beta: float = option(6.0, "TRADES weight of the KL term", bounds=_NON_NEGATIVE, group="objective")
+    label_smoothing: float = option(0.0, "label smoothing alpha", bounds=Bounds(0, 1, high_open=True),
+                                    metavar="ALPHA", group="objective")
+    teacher: str | None = option(None, "teacher checkpoint (mode kd)", none="no teacher", metavar="CHECKPOINT",
+                                 group="objective")
+    teacher_arch: str = option("preact-resnet18", "architecture of a bare-state_dict teacher (official "
+                                                  "checkpoints)", check=_known_arch, rule="(an architecture)",
+                               group="objective")
+    temperature: float = option(1.0, "teacher softmax temperature", bounds=_POSITIVE, group="objective")
+    epochs: int = option(200, "training epochs", bounds=_AT_LEAST_ONE, group="optimisation")
+    batch_size: int = option(128, "images per SGD step", bounds=_AT_LEAST_ONE, group="optimisation")
+    lr: float = option(0.1, "initial learning rate (per batch of batch_size)", bounds=_POSITIVE,
+                       group="optimisation")
+    momentum: float = option(0.9, "SGD momentum", bounds=Bounds(0, 1, high_open=True), group="optimisation")
+    weight_decay: float = option(5e-4, "SGD weight decay", bounds=_NON_NEGATIVE, group="optimisation")
+    schedule: str = option("step", "learning-rate schedule", choices=SCHEDULES, group="optimisation")
+    milestones: tuple[int, ...] | None = option(None, "step schedule: 0-based indices of the first epochs at a "
+                                                      "lower rate (lr *= gamma)", bounds=_AT_LEAST_ONE,
+                                                none="50% and 75% of the epochs", group="optimisation")
+    gamma: float = option(0.1, "lr factor at each milestone", bounds=_NON_NEGATIVE, group="optimisation")
+    augment: bool = option(True, f"the data set's default augmentation ({augmentation_defaults()})",
+                           group="optimisation")
+    seed: int = option(0, "seed of every random stream (initialisation, shuffling, augmentation, attacks)",
+                       bounds=_NON_NEGATIVE, group="optimisation")
+    save_every: int = option(10, "epoch_NNN.pt every this many epochs (0 = never)", bounds=_NON_NEGATIVE,
+                             group="output")
+    precision: str = option("auto", "auto = bf16 autocast on CUDA", choices=PRECISIONS, group="speed")
+    memory_format: str = option("auto", "auto = channels_last on CUDA", choices=MEMORY_FORMATS, group="speed")
+    compile: bool = option(False, "torch.compile the forward pass", group="speed")
+    cuda_graphs: bool = option(True, "on CUDA, replay each attack from a CUDA graph (not with --compile)",
+                               group="speed")
+    eval_batch_size: int = option(512, "images per evaluation batch", bounds=_AT_LEAST_ONE, group="evaluation")
 
     def __post_init__(self) -> None:
         if self.milestones is not None:
@@ -132,60 +168,34 @@ class TrainConfig:
             return self.attack_bn
         return "eval" if self.mode == Mode.TRADES.value else "train"
 
+    @property
+    def objective(self) -> str:
+        """The training objective's name (:data:`synthmodel.objectives.OBJECTIVES`); kd is AT with a teacher."""
+        return Mode.AT.value if self.mode == Mode.KD.value else self.mode
+
+    @property
+    def lr_schedule(self) -> LRSchedule:
+        return LRSchedule(self.schedule, self.lr, self.epochs, self.milestones, self.gamma)
+
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch`` (constant within an epoch, as in the official code)."""
-        if self.schedule == "constant":
-            return self.lr
-        if self.schedule == "cosine":
-            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
-        milestones = self.milestones if self.milestones is not None else (self.epochs // 2, (3 * self.epochs) // 4)
-        return self.lr * self.gamma ** sum(epoch >= m for m in milestones)
+        return self.lr_schedule.lr_at(epoch)
 
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the first impossible setting."""
-        def choice(name: str, allowed) -> None:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-
-        choice("arch", tuple(ARCHS))
-        choice("teacher_arch", tuple(ARCHS))
-        choice("mode", tuple(m.value for m in Mode))
-        choice("norm", tuple(n.value for n in Norm))
-        choice("attack_bn", ATTACK_BN)
-        choice("schedule", SCHEDULES)
-        choice("precision", PRECISIONS)
-        choice("memory_format", MEMORY_FORMATS)
-        for name in ("eps", "step_size", "eval_step_size", "trades_beta", "temperature", "lr", "momentum",
-                     "weight_decay", "gamma"):
-            value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        if self.lr <= 0 or self.temperature <= 0 or (self.step_size is not None and self.step_size <= 0):
-            raise ValueError("lr, temperature and step_size must be > 0")
-        if self.momentum >= 1:
-            raise ValueError(f"momentum must be < 1, got {self.momentum}")
-        for name in ("epochs", "batch_size", "steps", "eval_steps", "eval_batch_size", "width"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_n < 0 or self.save_every < 0 or self.train_n < 0:
-            raise ValueError("eval_n, save_every and train_n must be >= 0")
-        check_alpha(self.label_smoothing)
+        check_fields(self)
         if self.mode == Mode.KD.value and not self.teacher:
             raise ValueError("mode kd needs --teacher CHECKPOINT")
         if self.teacher and self.label_smoothing:
             raise ValueError("use either label smoothing or a teacher, not both")
-        if self.milestones is not None and any(m < 1 for m in self.milestones):
-            raise ValueError(f"milestones must be epochs >= 1, got {list(self.milestones)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["milestones"] = None if self.milestones is None else list(self.milestones)
-        return data
+        return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return settings_from_dict(cls, data)
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        return from_mapping(cls, data, what="training settings")
 
 
 def _arch_options(arch: str, width: int) -> dict[str, Any]:
@@ -230,13 +240,19 @@ class Trainer:
         self.pgd = GraphedPGD() if graphs else pgd
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        self.schedule = config.lr_schedule
         self.generators = {name: torch.Generator(device=device).manual_seed(derive_seed(config.seed, name))
                            for name in ("shuffle", "augment", "attack")}
         self.teacher = self._load_teacher() if config.teacher else None
+        self.objective = make_objective(config.objective,
+                                        **({"beta": config.trades_beta} if config.mode == Mode.TRADES.value else {}))
+        self.learner = Learner(forward=lambda x: self.forwards.clean(x), attack=self._attack,
+                               loss=target_loss(config.label_smoothing, self.teacher, config.temperature),
+                               attacking=config.eps_pixels > 0, model=self.model, natural_mode=config.bn_mode,
+                               autocast=lambda: autocast(self.device, self.amp_dtype))
         self.epoch = 0          # epochs completed
         self.history: list[dict[str, Any]] = []
-        self.best_robust = -1.0
-        self.best_epoch = 0
+        self.best = BestEpoch()
 
     def _load_teacher(self) -> ImageClassifier:
         c = self.config
@@ -246,37 +262,12 @@ class Trainer:
             p.requires_grad_(False)
         return teacher.eval()
 
-    # -- one batch ---------------------------------------------------------------------------
-    def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.teacher is None:
-            return None
-        with torch.no_grad():
-            return self.teacher(x).float()
-
-    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training loss of a batch (x (N, C, H, W) in [0, 1], y (N,)) and the logits it was computed from."""
+    def _attack(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Any = None) -> torch.Tensor:
+        """The training attack: PGD in the configured BN mode, pixels clamped to [0, 1] (``loss_fn``: TRADES')."""
         c = self.config
-        soft = {"alpha": c.label_smoothing, "temperature": c.temperature}
-        eps = c.eps_pixels
-        if c.mode == Mode.STANDARD.value or eps == 0:
-            logits = self.forwards.clean(x)
-            if c.mode == Mode.TRADES.value:
-                return trades_loss(logits, logits, y, c.trades_beta, teacher_logits=self._teacher_logits(x),
-                                   **soft), logits
-            return robust_objective(logits, y, teacher_logits=self._teacher_logits(x), **soft), logits
-        attack = {"eps": eps, "norm": c.norm, "steps": c.steps, "step_size": c.step_pixels,
-                  "random_start": c.random_start, "clamp": (0.0, 1.0), "generator": self.generators["attack"],
-                  "mode": c.bn_mode}
-        if c.mode == Mode.TRADES.value:
-            with torch.no_grad(), preserve_mode(self.model, c.bn_mode):
-                probs_natural = torch.softmax(self.forwards.clean(x).float(), dim=1)
-            x_adv = self.pgd(self.forwards.attack, x, probs_natural, loss_fn=trades_attack_loss, **attack)
-            logits_adv = self.forwards.clean(x_adv)
-            return trades_loss(self.forwards.clean(x), logits_adv, y, c.trades_beta,
-                               teacher_logits=self._teacher_logits(x), **soft), logits_adv
-        x_adv = self.pgd(self.forwards.attack, x, y, **attack)
-        logits = self.forwards.clean(x_adv)
-        return robust_objective(logits, y, teacher_logits=self._teacher_logits(x_adv), **soft), logits
+        return self.pgd(self.forwards.attack, x, y, eps=c.eps_pixels, norm=c.norm, steps=c.steps,
+                        step_size=c.step_pixels, random_start=c.random_start, clamp=(0.0, 1.0),
+                        generator=self.generators["attack"], mode=c.bn_mode, loss_fn=loss_fn)
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
@@ -285,10 +276,10 @@ class Trainer:
         lr, train_loss, train_acc = self.fit_epoch()
         self.epoch += 1
         test = self.evaluate_test()
-        row = {"epoch": self.epoch, "lr": lr, "train_loss": train_loss,
-               "train_robust_acc" if c.mode != Mode.STANDARD.value else "train_acc": train_acc,
-               "test_clean_acc": test.clean_acc, "test_robust_acc": test.robust_acc,
-               "test_robust_loss": test.robust_loss}
+        standard = c.mode == Mode.STANDARD.value
+        row = EpochRecord(epoch=self.epoch, lr=lr, train_loss=train_loss, train_acc=train_acc if standard else None,
+                          train_robust_acc=None if standard else train_acc, test_clean_acc=test.clean_acc,
+                          test_robust_acc=test.robust_acc, test_robust_loss=test.robust_loss).as_dict()
         self.history.append(row)
         return row
 
@@ -297,35 +288,29 @@ class Trainer:
 
         Does not advance ``self.epoch`` (:meth:`train_epoch` does); the benchmark times this alone.
         """
-        c = self.config
-        lr = c.lr_at(self.epoch)
+        lr = self.schedule.lr_at(self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.model.train()
+        totals = fit_epoch(self.objective, self.learner, self.optimizer, self._batches())
+        return lr, totals.mean_loss(), totals.accuracy()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's training batches: shuffled, augmented on the device, in the model's memory format."""
+        c = self.config
         images, labels = self.data.x_train, self.data.y_train
         n = images.shape[0]
         order = torch.randperm(n, generator=self.generators["shuffle"], device=self.device)
-        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
         starts = range(0, n, c.batch_size)
         if self.progress:
             from tqdm.auto import tqdm
             starts = tqdm(starts, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="batch", file=sys.stderr,
                           leave=False)
-        self.model.train()
         for start in starts:
             idx = order[start:start + c.batch_size]
             batch = images[idx]
             x = self.data.augmentation.apply(batch, self.generators["augment"]) if c.augment else to_float(batch)
-            x = x if self.channels_last else x.contiguous()
-            y = labels[idx]
-            with autocast(self.device, self.amp_dtype):
-                loss, logits = self.batch_loss(x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total_loss += loss.detach().double() * idx.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-        return lr, total_loss.item() / n, correct.item() / n
+            yield (x if self.channels_last else x.contiguous()), labels[idx]
 
     def evaluate_test(self):
         """PGD test evaluation (eval mode) with an RNG stream of its own, so it never shifts training RNG."""
@@ -350,8 +335,8 @@ class Trainer:
         """Everything :meth:`restore` needs (tensors and plain containers only: loads with weights_only)."""
         return {**self.model_checkpoint(), "optimizer": self.optimizer.state_dict(),
                 "rng": {name: g.get_state() for name, g in self.generators.items()},
-                "device_type": self.device.type, "history": self.history, "best_robust": self.best_robust,
-                "best_epoch": self.best_epoch}
+                "device_type": self.device.type, "history": self.history, "best_robust": self.best.value,
+                "best_epoch": self.best.epoch}
 
     def restore(self, blob: dict[str, Any], source: str) -> None:
         """Continue from a :meth:`full_checkpoint` (same config and device kind)."""
@@ -370,8 +355,7 @@ class Trainer:
             generator.set_state(blob["rng"][name])
         self.epoch = int(blob["epoch"])
         self.history = list(blob["history"])
-        self.best_robust = float(blob["best_robust"])
-        self.best_epoch = int(blob["best_epoch"])
+        self.best = BestEpoch(int(blob["best_epoch"]), float(blob["best_robust"]))
 
 
 @dataclass
@@ -383,11 +367,22 @@ class TrainOutcome:
     epochs_done: int
     model: ImageClassifier
 
+    def results(self) -> dict[str, Any]:
+        """Scalars of the run: epochs done, best epoch and its test robust accuracy, the last epoch's test
+        clean / robust accuracy and robust loss and its training loss (NaN before any epoch)."""
+        last = self.history[-1] if self.history else {}
+        best = self.history[self.best_epoch - 1] if self.best_epoch else {}
+        nan = float("nan")
+        return {"epochs_done": self.epochs_done, "best_epoch": self.best_epoch,
+                "best_robust_acc": best.get("test_robust_acc", nan), "clean_acc": last.get("test_clean_acc", nan),
+                "robust_acc": last.get("test_robust_acc", nan), "robust_loss": last.get("test_robust_loss", nan),
+                "train_loss": last.get("train_loss", nan)}
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+
+def _save(obj: Any, path: Path) -> None:
+    """torch.save atomically: a crash never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(config: TrainConfig, out: str | Path, *, device: str = "auto", resume: bool = False,
@@ -419,84 +414,41 @@ def train(config: TrainConfig, out: str | Path, *, device: str = "auto", resume:
     if resume and last.exists():
         trainer.restore(read_checkpoint(last), source=str(last))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     done_now = 0
     while trainer.epoch < config.epochs and (stop_after is None or done_now < stop_after):
         row = trainer.train_epoch()
         done_now += 1
-        if row["test_robust_acc"] > trainer.best_robust:
-            trainer.best_robust, trainer.best_epoch = row["test_robust_acc"], trainer.epoch
-            save_atomic(trainer.model_checkpoint(), out / "best.pt")
+        if trainer.best.update(trainer.epoch, row["test_robust_acc"]):
+            _save(trainer.model_checkpoint(), out / "best.pt")
         if config.save_every and trainer.epoch % config.save_every == 0:
-            save_atomic(trainer.model_checkpoint(), out / f"epoch_{trainer.epoch:03d}.pt")
-        _write_csv(trainer.history, out / "log.csv")
-        save_atomic(trainer.full_checkpoint(), last)  # last: the resume point, written after everything else
+            _save(trainer.model_checkpoint(), out / f"epoch_{trainer.epoch:03d}.pt")
+        with atomic_path(out / "log.csv") as tmp:
+            pd.DataFrame(trainer.history).to_csv(tmp, index=False)
+        _save(trainer.full_checkpoint(), last)  # last: the resume point, written after everything else
         if progress:
             print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f} test clean {row['test_clean_acc']:.4f} "
                   f"robust {row['test_robust_acc']:.4f}", file=sys.stderr)
-    return TrainOutcome(history=trainer.history, best_epoch=trainer.best_epoch, epochs_done=trainer.epoch,
+    return TrainOutcome(history=trainer.history, best_epoch=trainer.best.epoch, epochs_done=trainer.epoch,
                         model=trainer.model)
+
+
+def run(params: Mapping[str, Any], out: str | Path, *, device: str = "auto") -> dict[str, Any]:
+    """A run as ``settings -> scalars`` (:meth:`TrainOutcome.results`), trained into ``out``, resumed from
+    there if interrupted: what a sweep point kind for real data calls."""
+    return train(TrainConfig.from_dict(params), out, device=device, resume=True).results()
 
 
 # -- CLI ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig(dataset="")
     p = ArgumentParser(prog="python -m real_data.train",
                        description="Adversarial training on CIFAR-10/100 or an .npz image set with the "
                                    "paper's official recipe as the default; per-epoch PGD-20 test "
                                    "evaluation, CSV log, best/last/every-k checkpoints, resumable.")
-    g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", required=True, help=DATASET_SPECS)
-    g.add_argument("--train-n", type=int, default=d.train_n, metavar="N",
-                   help="train on a seeded, class-stratified subset of N training images (default 0: all)")
-    g.add_argument("--arch", choices=list(ARCHS), default=d.arch)
-    g.add_argument("--width", type=int, default=d.width, help="small-cnn first-stage channels (default %(default)s)")
-    g = p.add_argument_group("objective")
-    g.add_argument("--mode", choices=[m.value for m in Mode], default=d.mode,
-                   help="standard | at (PGD AT) | trades | kd (AT with a teacher's soft labels)")
-    g.add_argument("--norm", choices=[n.value for n in Norm], default=d.norm)
-    g.add_argument("--eps", type=float, default=None, help="radius in 1/255 units (default 8 linf, 128 l2)")
-    g.add_argument("--step-size", type=float, default=None, help="PGD step in 1/255 units (default 2 linf, 16 l2)")
-    g.add_argument("--steps", type=int, default=d.steps, help="PGD steps in training (default %(default)s)")
-    g.add_argument("--no-random-start", dest="random_start", action="store_false", help="start PGD at x")
-    g.add_argument("--attack-bn", choices=ATTACK_BN, default=d.attack_bn,
-                   help="batch-norm mode while attacking: auto = train for at/kd, eval for trades (the official "
-                        "code's choices)")
-    g.add_argument("--trades-beta", type=float, default=d.trades_beta)
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="ALPHA")
-    g.add_argument("--teacher", default=None, metavar="CHECKPOINT", help="teacher for mode kd")
-    g.add_argument("--teacher-arch", choices=list(ARCHS), default=d.teacher_arch,
-                   help="architecture of a bare-state_dict teacher (official checkpoints)")
-    g.add_argument("--temperature", type=float, default=d.temperature)
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-steps", type=int, default=d.eval_steps, help="PGD steps of the test attack")
-    g.add_argument("--eval-step-size", type=float, default=None, help="1/255 units (default eps/4)")
-    g.add_argument("--eval-n", type=int, default=d.eval_n, help="test images per epoch (0 = all)")
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    g.add_argument("--milestones", type=int, nargs="+", default=None,
-                   help="step schedule epochs (default 50%% and 75%% of --epochs)")
-    g.add_argument("--gamma", type=float, default=d.gamma, help="lr factor at each milestone")
-    g.add_argument("--no-augment", dest="augment", action="store_false",
-                   help=f"no augmentation; default per data set: {augmentation_defaults()}")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("speed")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="auto = bf16 autocast on CUDA")
-    g.add_argument("--memory-format", choices=MEMORY_FORMATS, default=d.memory_format,
-                   help="auto = channels_last on CUDA")
-    g.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
-    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                   help="launch the attacks' kernels one by one instead of replaying CUDA graphs")
-    g = p.add_argument_group("output")
+    groups = add_arguments(p, TrainConfig)
+    groups["speed"].add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    g = groups["output"]
     g.add_argument("--out", required=True, metavar="DIR")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="epoch_NNN.pt every k epochs (0 = never)")
     g.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if present")
     g.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N epochs in this call")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -505,9 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
+        config = from_namespace(TrainConfig, args)
         outcome = train(config, args.out, device=args.device, resume=args.resume, stop_after=args.stop_after,
                         progress=not args.quiet)
     except ValueError as exc:

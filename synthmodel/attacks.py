@@ -43,10 +43,9 @@ from torch import nn
 from .models import linear_parameters
 
 __all__ = [
-    "Norm", "ATTACKS", "pgd", "fgsm", "random_start_delta", "preserve_mode", "frozen_parameters", "linear_margins",
-    "linear_worst_margins",
-    "linear_robust_correct", "linear_logitwise_logits", "linear_scorewise_logits", "linear_pairwise_delta",
-    "dual_norm",
+    "Norm", "ATTACK_FUNCTIONS", "pgd", "fgsm", "random_start_delta", "preserve_mode", "frozen_parameters",
+    "linear_margins", "linear_worst_margins", "linear_robust_correct", "linear_logitwise_logits",
+    "linear_scorewise_logits", "linear_pairwise_delta", "dual_norm",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -209,7 +208,9 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
                loss_fn=loss_fn, generator=generator, mode=mode)
 
 
-ATTACKS: dict[str, Callable[..., torch.Tensor]] = {"pgd": pgd, "fgsm": fgsm}
+# name -> attack function with the shared signature (the population engine's attack *formalisations* are
+# another vocabulary: synthmodel.population)
+ATTACK_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {"pgd": pgd, "fgsm": fgsm}
 
 
 # -- exact worst cases for linear models ------------------------------------------------------

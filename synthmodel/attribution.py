@@ -1,4 +1,4 @@
-"""Class attribution vectors, the class matrix C and CAS (PAPER.md, "The attribution metric").
+"""Class attribution vectors, the class matrix C and CAS (docs/PAPER.md, "The attribution metric: C and CAS").
 
 For a classifier ``f(x) = W g(x) + b`` with features g (N, n) and head weight W (K, n):
 

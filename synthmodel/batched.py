@@ -2,21 +2,30 @@
 
 :func:`train_batched` runs the algorithm of :func:`synthmodel.train.train` for E configurations that
 share every shape and every discrete setting (:func:`batch_key`), differing only in continuous ones
-(eps, seed, label smoothing, step size, learning rate, momentum, weight decay, mu, sigma). Per member
-it uses the same data (:func:`synthmodel.sample.sample` with the same derived seeds), the same
-initialisation (:func:`synthmodel.models.build_model`), the same shuffling, PGD random starts and
-evaluation generators, the same PGD steps and projections, the same SGD update (written with
-``addcmul`` so that the fused multiply-add of ``torch.optim.SGD`` is reproduced) and the same step
-schedule. PGD (training and evaluation) uses the closed-form input gradient of a linear model's
-cross-entropy for all members at once. Evaluation computes the exact robust accuracy of
-:func:`synthmodel.attacks.linear_worst_margins` and CAS with the foundation's
-:class:`synthmodel.attribution.AttributionAccumulator` (ensemble dimension) for all members at once.
+(eps, seed, label smoothing, step size, learning rate, momentum, weight decay, mu, sigma). The training
+core is the loop's: the same objective (:mod:`synthmodel.objectives`), learning-rate schedule, epoch loop,
+best-epoch tracker and epoch record (:mod:`synthmodel.training`). What this module adds is the ensemble
+itself, as the core's :class:`~synthmodel.objectives.Learner` and a torch optimiser:
+
+* the E models as stacked parameters (:class:`_Ensemble`), with the same data
+  (:func:`synthmodel.sample.sample` with the same derived seeds), initialisation
+  (:func:`synthmodel.models.build_model`), shuffling, PGD random starts and evaluation generators per member;
+* PGD (training and evaluation) through the closed-form input gradient of a linear model's cross-entropy,
+  for all members at once (:func:`_pgd`);
+* :class:`_EnsembleSGD`: ``torch.optim.SGD``'s update with per-member learning rate, momentum and weight
+  decay (written with ``addcmul`` so that its fused multiply-add is reproduced);
+* evaluation: the exact robust accuracy of :func:`synthmodel.attacks.linear_worst_margins` and CAS with
+  :class:`synthmodel.attribution.AttributionAccumulator` (ensemble dimension) for all members at once.
 
 Not bit-identical to the one-at-a-time loop: batched matrix products (``bmm``) and per-member
 reductions may sum in a different order than their unbatched counterparts, so results agree to
 floating rounding (tests: float64 histories agree to ~1e-9), not bit for bit. A member's result can
 also differ in the last bits between batch compositions. Results are bit-reproducible for a fixed
 batch composition (the sweep fixes composition from the grid, not from scheduling).
+
+The one-at-a-time loop is not this ensemble at E = 1: the ensemble's speed comes from the closed-form
+gradient of linear models (MLPs and real networks need autograd), and the loop's results would move in the
+last bits.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from . import attacks as atk
+from .losses import label_smoothing_targets
 from .models import TiedLinear, build_model
+from .objectives import Learner, make_objective
 from .sample import derive_seed, sample
 from .train import (
     DTYPES,
@@ -42,6 +53,7 @@ from .train import (
     copy_state,
     epoch_record,
 )
+from .training import BestEpoch, fit_epoch
 
 __all__ = ["BATCH_VARYING", "batch_key", "train_batched"]
 
@@ -182,6 +194,33 @@ def _pgd(ens: _Ensemble, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
     return torch.add(x_t, delta_t, out=grad).transpose(1, 2)  # x + delta, as pgd returns it
 
 
+class _EnsembleSGD(torch.optim.Optimizer):
+    """``torch.optim.SGD`` (momentum, weight decay; no dampening, no Nesterov) for stacked parameters whose
+    first dimension is the member: ``lr``, ``momentum``, ``weight_decay`` are lists with one value per member
+    (set ``param_groups[0]["lr"]`` to a new list to change the rates)."""
+
+    def __init__(self, params: Sequence[torch.Tensor], lr: Sequence[float], momentum: Sequence[float],
+                 weight_decay: Sequence[float]):
+        super().__init__(list(params), {"lr": list(lr), "momentum": list(momentum),
+                                        "weight_decay": list(weight_decay)})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                nd, dtype = param.dim(), param.dtype
+                d_p = torch.addcmul(param.grad, param, _col(group["weight_decay"], dtype, nd))
+                momentum = _col(group["momentum"], dtype, nd)
+                state = self.state[param]
+                buf = state.get("momentum_buffer")
+                buf = d_p.clone() if buf is None else buf.mul_(momentum).add_(d_p)
+                state["momentum_buffer"] = buf
+                # members with momentum 0 step along d_p itself (torch keeps no buffer for them)
+                step = torch.where(momentum != 0, buf, d_p)
+                # addcmul by -lr reproduces the fused add(.., alpha=-lr) of torch's update
+                param.addcmul_(step, _col([-lr for lr in group["lr"]], dtype, nd))
+
+
 class _BatchedTrainer:
     def __init__(self, configs: Sequence[TrainConfig]):
         if not configs:
@@ -207,11 +246,16 @@ class _BatchedTrainer:
         self.x_train, self.y_train = self._draw(worlds, "n_train", "train")
         self.x_test, self.y_test = self._draw(worlds, "n_test", "test")
         self.ens = _Ensemble(configs, worlds, self.dtype)
+        self.n_classes = self.ens.exclusive.shape[0] if self.ens.tied else self.ens.weight.shape[1]
         self.eps = [cfg.eps for cfg in configs]
         self.eps_t = _col(self.eps, self.dtype, 3)
         self.alpha = [cfg.label_smoothing for cfg in configs]
         self.attack_gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "attack")) for cfg in configs]
         self.shuffle_gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "shuffle")) for cfg in configs]
+        self.objective = make_objective(c.objective)
+        self.learner = Learner(forward=self.ens.logits, attack=self._attack, loss=self._loss,
+                               attacking=any(e > 0 for e in self.eps), logitwise=self._logitwise,
+                               scorewise=self._scorewise_logits)
 
     def _draw(self, worlds: list, size: str, label: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's :func:`synthmodel.sample.sample` of ``size`` samples (config field) and seed label,
@@ -225,12 +269,26 @@ class _BatchedTrainer:
         drawn = [memo[(_world_key(cfg), cfg.seed)] for cfg in self.configs]
         return torch.stack([x.T for x, _ in drawn]).transpose(1, 2), torch.stack([y for _, y in drawn])
 
-    def _targets(self, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
-        """Label-smoothed targets (E, N, K) as losses.label_smoothing_targets, or None when all alpha = 0."""
+    # -- the ensemble as the core's Learner ---------------------------------------------------------------
+    def _targets(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Label-smoothed targets (E, N, K), or None when all alpha = 0."""
         if not any(self.alpha):
             return None
-        alpha = _col(self.alpha, self.dtype, 3)
-        return F.one_hot(y, n_classes).to(self.dtype) * (1.0 - alpha) + alpha / n_classes
+        return label_smoothing_targets(y, self.n_classes, _col(self.alpha, self.dtype, 3), self.dtype)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-member cross-entropy against the (smoothed) targets: logits (E, N, K), y (E, N) -> (E,)."""
+        return _cross_entropy(logits, y, self._targets(y))
+
+    def _attack(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Any = None) -> torch.Tensor:
+        """Every member's training attack: PGD (or FGSM) on hard-label cross-entropy."""
+        if loss_fn is not None:
+            raise ValueError("batched training attacks cross-entropy only")
+        c = self.c
+        if c.attack == "fgsm":
+            return _pgd(self.ens, x, y, self.eps, self.norm, 1, self.eps, False, self.attack_gens)
+        steps = [cfg.attack_step_size if cfg.attack_step_size is not None else cfg.eps / 4 for cfg in self.configs]
+        return _pgd(self.ens, x, y, self.eps, self.norm, c.attack_steps, steps, True, self.attack_gens)
 
     def _logitwise_logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:func:`synthmodel.attacks.linear_logitwise_logits` per member: x (E, N, d), y (E, N) -> (E, N, K)."""
@@ -246,49 +304,24 @@ class _BatchedTrainer:
         sign = 1.0 - 2.0 * F.one_hot(y, weight.shape[1]).to(row_norms.dtype)
         return self.ens.logits(x) + self.eps_t * sign * row_norms
 
-    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-member training objective (E,), as _Trainer._batch_loss."""
-        c = self.c
-        k = self.ens.exclusive.shape[0] if self.ens.tied else self.ens.weight.shape[1]
-        targets = self._targets(y, k)
-        if c.mode == Mode.STANDARD.value:
-            return _cross_entropy(self.ens.logits(x), y, targets)
-        if c.attack == "scorewise":
-            return _cross_entropy(self._scorewise_logits(x, y), y, targets)
-        if c.attack == "logitwise":
-            if targets is None:
-                return _cross_entropy(self._logitwise_logits(x, y), y, None)
-            total = x.new_zeros(x.shape[0])
-            for cls in range(k):
-                yc = torch.full_like(y, cls)
-                per_sample = F.cross_entropy(self._logitwise_logits(x, yc).reshape(-1, k), yc.reshape(-1),
-                                             reduction="none").view(y.shape)
-                total = total + (targets[:, :, cls] * per_sample).mean(1)
-            # eps = 0 members train on the clean objective, as the reference loop does
-            clean = _cross_entropy(self.ens.logits(x), y, targets)
-            return torch.where(torch.tensor([e == 0 for e in self.eps]), clean, total)
-        if c.attack == "fgsm":
-            x_adv = _pgd(self.ens, x, y, self.eps, self.norm, 1, self.eps, False, self.attack_gens)
-        else:
-            steps = [cfg.attack_step_size if cfg.attack_step_size is not None else cfg.eps / 4 for cfg in self.configs]
-            x_adv = _pgd(self.ens, x, y, self.eps, self.norm, c.attack_steps, steps, True, self.attack_gens)
-        return _cross_entropy(self.ens.logits(x_adv), y, targets)
-
-    def _sgd_step(self, grads: Sequence[torch.Tensor], bufs: list, lrs: Sequence[float]) -> None:
-        """torch.optim.SGD (momentum, weight decay, no dampening / nesterov) per member; addcmul reproduces the
-        fused ``add(.., alpha=..)`` of the reference update."""
-        with torch.no_grad():
-            for i, (param, grad) in enumerate(zip(self.ens.params, grads, strict=True)):
-                nd = param.dim()
-                d_p = torch.addcmul(grad, param, _col([cfg.weight_decay for cfg in self.configs], self.dtype, nd))
-                momentum = _col([cfg.momentum for cfg in self.configs], self.dtype, nd)
-                bufs[i] = d_p.clone() if bufs[i] is None else bufs[i].mul_(momentum).add_(d_p)
-                # members with momentum 0 step along d_p itself (torch keeps no buffer for them)
-                step = torch.where(momentum != 0, bufs[i], d_p)
-                param.addcmul_(step, _col([-lr for lr in lrs], self.dtype, nd))
+    def _logitwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:func:`synthmodel.objectives.logitwise_objective` per member: x (E, N, d), y (E, N) -> (E,)."""
+        k = self.n_classes
+        targets = self._targets(y)
+        if targets is None:
+            return _cross_entropy(self._logitwise_logits(x, y), y, None)
+        total = x.new_zeros(x.shape[0])
+        for cls in range(k):
+            yc = torch.full_like(y, cls)
+            per_sample = F.cross_entropy(self._logitwise_logits(x, yc).reshape(-1, k), yc.reshape(-1),
+                                         reduction="none").view(y.shape)
+            total = total + (targets[:, :, cls] * per_sample).mean(1)
+        # eps = 0 members train on the clean objective
+        clean = _cross_entropy(self.ens.logits(x), y, targets)
+        return torch.where(torch.tensor([e == 0 for e in self.eps]), clean, total)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, epoch: int, with_cas: bool) -> list[dict[str, Any]]:
-        """Per member, as _Trainer._evaluate: batched PGD, exact robust accuracy and batched CAS."""
+        """Per member, as the loop's evaluation: batched PGD, exact robust accuracy and batched CAS."""
         c = self.c
         seeds = {seed: derive_seed(seed, "eval", epoch, x.shape[1]) for seed in {cfg.seed for cfg in self.configs}}
         gens = [torch.Generator().manual_seed(seeds[cfg.seed]) for cfg in self.configs]
@@ -314,41 +347,31 @@ class _BatchedTrainer:
 
     def run(self) -> list[TrainResult]:
         c, n_members = self.c, len(self.configs)
-        n = self.x_train.shape[1]
-        lrs = [cfg.lr for cfg in self.configs]
-        milestones = sorted({max(1, c.epochs // 2), max(1, (3 * c.epochs) // 4)}) if c.schedule == "step" else []
-        bufs: list[Any] = [None] * len(self.ens.params)
+        schedules = [cfg.lr_schedule for cfg in self.configs]
+        optimizer = _EnsembleSGD(self.ens.params, [s.lr_at(0) for s in schedules],
+                                 [cfg.momentum for cfg in self.configs], [cfg.weight_decay for cfg in self.configs])
         histories: list[list[dict[str, Any]]] = [[] for _ in range(n_members)]
-        best = [(0, -1.0, {}) for _ in range(n_members)]
+        best = [BestEpoch() for _ in range(n_members)]
         rows = torch.arange(n_members)[:, None]
         for epoch in range(1, c.epochs + 1):
-            order = torch.stack([torch.randperm(n, generator=g) for g in self.shuffle_gens])  # (E, n)
-            totals, seen = torch.zeros(n_members, dtype=torch.float64), 0
-            for start in range(0, n, c.batch_size):
-                idx = order[:, start:start + c.batch_size]
-                loss = self._batch_loss(self.x_train[rows, idx], self.y_train[rows, idx])   # (E,)
-                grads = torch.autograd.grad(loss.sum(), self.ens.params)
-                self._sgd_step(grads, bufs, lrs)
-                # as the loop's Python float sum of loss.item() * batch (float64), without a sync per step
-                totals.add_(loss.detach().to(torch.float64) * idx.shape[1])
-                seen += idx.shape[1]
-            epoch_lrs = lrs
-            if epoch in milestones:
-                lrs = [lr * 0.1 for lr in lrs]  # MultiStepLR, gamma 0.1
+            lrs = [s.lr_at(epoch - 1) for s in schedules]
+            optimizer.param_groups[0]["lr"] = lrs
+            order = torch.stack([torch.randperm(self.x_train.shape[1], generator=g) for g in self.shuffle_gens])
+            batches = ((self.x_train[rows, idx], self.y_train[rows, idx]) for idx in order.split(c.batch_size, dim=1))
+            train_losses = fit_epoch(self.objective, self.learner, optimizer, batches).mean_loss()
             self.ens.sync()
             train_eval = self._evaluate(self.x_train, self.y_train, epoch, with_cas=False)
             test_eval = self._evaluate(self.x_test, self.y_test, epoch, with_cas=True)
-            train_losses = [total / seen for total in totals.tolist()]
             for m, model in enumerate(self.ens.members):
-                record = epoch_record(epoch, epoch_lrs[m], train_losses[m], train_eval[m], test_eval[m], model)
+                record = epoch_record(epoch, lrs[m], train_losses[m], train_eval[m], test_eval[m], model)
                 histories[m].append(record)
-                if record["test_robust_acc"] > best[m][1]:
-                    best[m] = (epoch, record["test_robust_acc"], copy_state(model))
+                best[m].update(epoch, record["test_robust_acc"], lambda model=model: copy_state(model))
         results = []
         for m, model in enumerate(self.ens.members):
             model.eval()
             results.append(TrainResult(config=self.configs[m], history=histories[m], model=model,
-                                       best_epoch=best[m][0], best_state=best[m][2], last_state=copy_state(model)))
+                                       best_epoch=best[m].epoch, best_state=best[m].state,
+                                       last_state=copy_state(model)))
         return results
 
 

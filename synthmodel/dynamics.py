@@ -1,200 +1,89 @@
-"""Training dynamics in the synthetic world: does AT "learn cross-class features, then forget them"?
+"""Training dynamics in the synthetic world: the sweep point kind ``dynamics`` and its analysis tables.
 
-The paper (PAPER.md) reports three things about CIFAR-10 adversarial training (AT):
+A ``dynamics`` point is one training run analysed the way the paper reads CIFAR runs: CAS and robust
+accuracy at the best checkpoint (highest test robust accuracy) against the last, the robust-overfitting
+gap, the CAS peak. Its settings are :class:`DynamicsConfig`: every :class:`synthmodel.train.TrainConfig`
+setting except a teacher file (a path has no place in a reproducible point), plus
 
-* **epochs**: CAS rises until the best robust checkpoint, then falls while robust overfitting sets in;
-* **eps**: the drop ``CAS(best) - CAS(last)`` grows with the training eps, but very large eps learns few
-  cross-class features at all;
-* **soft**: soft labels (label smoothing, distillation from an AT teacher's best checkpoint) keep CAS high
-  and shrink the overfitting gap.
+* ``teacher_from``: ``"none"`` trains as the settings say (AT, or AT + label smoothing when
+  ``label_smoothing > 0``); ``"at_best"`` is distillation: the teacher is first trained *inside the same
+  point* from the same settings with hard labels (same seed, hence the same training set, initialisation
+  and attack randomness as the plain point), its best checkpoint is restored, and the student is trained
+  on ``softmax(teacher(x_adv) / temperature)``. Nothing depends on another point having run, so every
+  point is deterministic from its settings alone;
+* ``experiment``: a label (e.g. which experiment a point belongs to, for selecting results); it does not
+  change what runs.
 
-This module names one finite-sample set-up per experiment (:data:`SETUP`, :func:`experiment_points`),
-runs one point of any of them (:func:`run_point`: ``params dict -> flat results dict``, JSON scalars
-only, the per-epoch history as JSON text) and turns a pandas DataFrame of results into the tables of
-docs/EXPERIMENTS.md (:func:`epochs_table`, :func:`eps_table`, :func:`soft_table`: mean and spread over
-seeds).
-
-A point's params are the keys of :class:`synthmodel.train.TrainConfig` except ``teacher`` (a file path has
-no place in a reproducible point), plus ``teacher_from``:
-
-* ``"none"``: train as the config says (AT, or AT + label smoothing when ``label_smoothing > 0``);
-* ``"at_best"``: distillation. The teacher is first trained *inside the same point* from the same params
-  with hard labels (``label_smoothing = 0``, same seed, hence the same training set, initialisation and
-  attack randomness as the plain AT point), its best checkpoint (by test robust accuracy) is restored,
-  and the student is trained on ``softmax(teacher(x_adv) / temperature)``. Nothing depends on another
-  point having run, so every point is deterministic from its params alone.
+:func:`run_point` maps settings to a flat results dict (JSON scalars, the per-epoch history as JSON text);
+:func:`eps_table`, :func:`soft_table`, :func:`epochs_table` and :func:`summarize` turn a pandas DataFrame of
+results into mean and spread over seeds; the post-run hook ``tables`` writes them to ``<out>/tables.md``
+after a sweep holding dynamics points. The experiments themselves (set-ups, seeds, presets
+``paper-dynamics``, ``dynamics-*``) are :mod:`experiments.dynamics`.
 
 Library use::
 
-    from synthmodel.dynamics import experiment_points, run_point, eps_table
+    from experiments.dynamics import experiment_points
+    from synthmodel.dynamics import run_point, eps_table
     rows = [run_point(p) for p in experiment_points("eps")]
     print(eps_table(pandas.DataFrame(rows)))
-
-CLI (a local driver; the sweep runner is the other way to run the same points)::
-
-    python -m synthmodel.dynamics --experiment all --workers 2 --out results/dynamics
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
-import sys
-import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import attacks as atk
+from .atomic import write_text
 from .attribution import attribution
-from .cli import ArgumentParser
 from .models import build_model
 from .sample import derive_seed, sample
+from .schema import from_mapping, option, param_table
+from .sweep import PointKind, register_hook, register_kind
 from .train import DTYPES, TrainConfig, TrainResult, build_world, finite_or_none, train
 
-__all__ = ["SETUP", "EXPERIMENTS", "TEACHER_SOURCES", "EXPERIMENT_SEEDS", "EPS_GRID", "SOFT_VARIANTS", "STUDIES",
-           "experiment_points", "all_points", "point_config", "run_point", "run_point_with_history", "run_dynamics",
-           "results_row",
-           "adversarial_test_inputs", "recompute_cas", "variant_of", "epochs_table", "eps_table", "soft_table",
-           "summarize", "main"]
+__all__ = ["TEACHER_SOURCES", "DynamicsConfig", "run_dynamics", "results_row", "run_point", "run_point_with_history",
+           "adversarial_test_inputs", "recompute_cas", "variant_label", "model_label", "epochs_table", "eps_table",
+           "soft_table", "summarize", "write_tables"]
 
 TEACHER_SOURCES = ("none", "at_best")
-EXPERIMENTS = ("epochs", "eps", "soft")
-
-# The finite-sample set-up shared by the three experiments (units in comments). Chosen so that robust
-# overfitting *can* occur: 300 training samples in 106 input dimensions (100 pure-noise ones), sigma = mu
-# (overlapping classes), 60 epochs of SGD with the paper's step schedule (x0.1 at 50% and 75%), clean and
-# adversarial test sets drawn with their own seeds, never seen in training. docs/EXPERIMENTS.md lists the
-# other set-ups tried before this one was fixed, with what they showed.
-SETUP: dict[str, Any] = {
-    "preset": "paper3",     # the paper's 3-class world: 3 exclusive + 3 cross-class features
-    "mu": 1.0,              # mean of a present feature (input units)
-    "sigma": 1.0,           # its std
-    "noise_dims": 100,      # pure-noise dimensions: few samples relative to the dimension
-    "n_train": 300,         # training samples (100 per class)
-    "n_test": 1000,         # clean / adversarial test samples (CAS and robust accuracy)
-    "mode": "at",
-    "norm": "linf",
-    "attack_steps": 10,     # PGD-10 in training, step eps/4, random start (as the official recipe)
-    "eval_steps": 20,       # PGD-20 for test robust accuracy and CAS (as the official code)
-    "optimizer": "sgd",
-    "lr": 0.1,              # initial learning rate
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "schedule": "step",     # x0.1 after 50% and 75% of the epochs
-    "epochs": 60,
-    "batch_size": 32,       # 10 steps per epoch
-    "dtype": "float32",
-}
-# The model x world combinations studied; each experiment runs all of them. ``seeds``: how many of the
-# experiment's seeds it uses; ``eps_grid``: its eps values in experiment (b) (None = EPS_GRID).
-STUDIES: dict[str, dict[str, Any]] = {
-    # a feature layer: CAS on its 128 ReLU features
-    "paper3-mlp": {"params": {"model": "mlp", "hidden": [128]}, "seeds": 5, "eps_grid": None},
-    # features = the input itself (106 dims)
-    "paper3-linear": {"params": {"model": "linear", "bias": True}, "seeds": 5, "eps_grid": None},
-    # K = 10, each cross-class feature shared by two neighbouring classes; 100 samples per class as above.
-    # Added after the paper3 MLP showed CAS pinned at 0 (docs/EXPERIMENTS.md explains why K = 3 does that).
-    "ring10-mlp": {"params": {"model": "mlp", "hidden": [128], "preset": "ring-10", "n_train": 1000},
-                   "seeds": 3, "eps_grid": (0.05, 0.1, 0.2, 0.3, 0.5)},
-}
-EXPERIMENT_SEEDS = {"epochs": (0, 1, 2, 3, 4), "eps": (0, 1, 2), "soft": (0, 1, 2, 3, 4)}
-EPOCHS_EPS = (0.1, 0.2)                                  # input units; mu = 1
-EPS_GRID = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)         # up to mu / 2 = 0.5 and beyond
-SOFT_EPS = 0.1
-# name -> changes to the AT point. Label smoothing alpha 0.2; distillation at temperature 2 (Chen et al.
-# 2021 distil a robust teacher's best checkpoint at T = 2); the teacher is trained inside the point.
-SOFT_VARIANTS: dict[str, dict[str, Any]] = {
-    "at": {},
-    "at+ls": {"label_smoothing": 0.2},
-    "at+kd": {"teacher_from": "at_best", "temperature": 2.0},
-}
-POINT_DEFAULTS: dict[str, Any] = {"teacher_from": "none"}
 
 
-# -- set-ups -------------------------------------------------------------------------------------
-def _point(**changes: Any) -> dict[str, Any]:
-    return {**SETUP, **POINT_DEFAULTS, **changes}
+@dataclass
+class DynamicsConfig(TrainConfig):
+    """The settings of a ``dynamics`` point: a :class:`~synthmodel.train.TrainConfig` without a teacher file,
+    plus where a teacher comes from and a label."""
 
+    teacher: str | None = option(None, "not a dynamics setting: the point trains its own teacher (teacher_from)",
+                                 sweep=False, cli=False)
+    teacher_from: str = option("none", "none: train as set; at_best: distil from the best checkpoint of the same "
+                                       "settings trained with hard labels inside the point", choices=TEACHER_SOURCES)
+    experiment: str | None = option(None, "a label for selecting results; does not change what runs",
+                                    none="no label")
 
-def experiment_points(experiment: str, seeds: Sequence[int] | None = None, *, label: bool = False
-                      ) -> list[dict[str, Any]]:
-    """The params dicts of one experiment (several seeds each).
+    def validate(self) -> DynamicsConfig:
+        if self.teacher is not None:
+            raise ValueError("a dynamics point trains its own teacher: use teacher_from='at_best', not a teacher "
+                             "file")
+        super().validate()
+        if self.teacher_from == "at_best" and self.label_smoothing:
+            raise ValueError("use either label smoothing or a teacher (teacher_from='at_best'), not both")
+        return self
 
-    Args:
-        experiment: ``"epochs"`` (AT at eps in :data:`EPOCHS_EPS`, CAS and robust accuracy per epoch),
-            ``"eps"`` (AT over :data:`EPS_GRID`, CAS(best) - CAS(last)) or ``"soft"`` (AT vs AT + label
-            smoothing vs AT + distillation at eps :data:`SOFT_EPS`).
-        seeds: overrides :data:`EXPERIMENT_SEEDS` (e.g. a single seed for a smoke run).
-        label: add ``"experiment": <name>`` to every point (a tag for selecting results, e.g. by
-            ``figures.dynamics``; it does not change what runs, but tagged points of different experiments
-            are different points to a store, so the shared ones run once per experiment).
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DynamicsConfig:
+        return from_mapping(cls, data, what="dynamics settings")
 
-    Returns:
-        A list of complete params dicts for :func:`run_point` (identical set-ups of different
-        experiments give identical dicts, so a store keyed by params runs them once).
-    """
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
-    seeds = EXPERIMENT_SEEDS[experiment] if seeds is None else tuple(seeds)
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be non-negative integers, got {list(seeds)}")
-    points = []
-    for study in STUDIES.values():
-        model, study_seeds = study["params"], seeds[:study["seeds"]]
-        if experiment == "epochs":
-            points += [_point(**model, eps=eps, seed=s) for eps in EPOCHS_EPS for s in study_seeds]
-        elif experiment == "eps":
-            points += [_point(**model, eps=eps, seed=s) for eps in study["eps_grid"] or EPS_GRID for s in study_seeds]
-        else:
-            points += [_point(**model, eps=SOFT_EPS, seed=s, **changes) for changes in SOFT_VARIANTS.values()
-                       for s in study_seeds]
-    if label:
-        points = [{**p, "experiment": experiment} for p in points]
-    return points
-
-
-def all_points(seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """The distinct points of all three experiments, in order (the combined ``paper-dynamics`` preset)."""
-    seen, out = set(), []
-    for experiment in EXPERIMENTS:
-        for params in experiment_points(experiment, seeds):
-            key = json.dumps(params, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                out.append(params)
-    return out
-
-
-def point_config(params: dict[str, Any]) -> tuple[TrainConfig, str]:
-    """Split a point's params into a validated :class:`TrainConfig` and its ``teacher_from``.
-
-    An ``experiment`` key (a string) is a label and is ignored.
-
-    Raises:
-        ValueError: an unknown key, a ``teacher`` path, a bad ``teacher_from`` or any TrainConfig error.
-    """
-    params = dict(params)
-    tag = params.pop("experiment", None)  # a label only (experiment_points(label=True))
-    if tag is not None and not isinstance(tag, str):
-        raise ValueError(f"experiment must be a string label, got {tag!r}")
-    teacher_from = params.pop("teacher_from", "none")
-    if teacher_from not in TEACHER_SOURCES:
-        raise ValueError(f"teacher_from must be one of {', '.join(TEACHER_SOURCES)}, got {teacher_from!r}")
-    if params.get("teacher") is not None:
-        raise ValueError("a dynamics point trains its own teacher: use teacher_from='at_best', not a teacher file")
-    params.pop("teacher", None)
-    if "hidden" in params:
-        params["hidden"] = tuple(params["hidden"])
-    config = TrainConfig.from_dict(params).validate()
-    if teacher_from == "at_best" and config.label_smoothing:
-        raise ValueError("use either label smoothing or a teacher (teacher_from='at_best'), not both")
-    return config, teacher_from
+    def training(self) -> TrainConfig:
+        """The training run's own settings (teacher_from and the label dropped)."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 # -- one point -----------------------------------------------------------------------------------
@@ -203,11 +92,15 @@ def run_dynamics(params: dict[str, Any]) -> tuple[TrainResult, TrainResult | Non
 
     The teacher of ``teacher_from='at_best'`` is :func:`synthmodel.train.train` of the same config with
     hard labels and no teacher; its best state (by test robust accuracy) is loaded into a fresh model.
+
+    Raises:
+        ValueError: an unknown key or an impossible setting (:meth:`DynamicsConfig.validate`).
     """
-    config, teacher_from = point_config(params)
+    point = DynamicsConfig.from_dict(params).validate()
+    config = point.training()
     teacher_result = None
     teacher = None
-    if teacher_from == "at_best":
+    if point.teacher_from == "at_best":
         teacher_config = dataclasses.replace(config, label_smoothing=0.0, teacher=None, temperature=1.0)
         teacher_result = train(teacher_config)
         teacher = build_model(config.model, build_world(config), seed=config.seed, dtype=DTYPES[config.dtype],
@@ -226,7 +119,7 @@ def results_row(result: TrainResult, teacher_result: TrainResult | None = None) 
     ``robust_acc_best`` / ``robust_acc_last`` (test); ``overfit_gap = robust_acc_best - robust_acc_last``;
     ``clean_acc_best`` / ``clean_acc_last``; ``train_robust_acc_last``, ``train_robust_loss_last``,
     ``train_robust_loss_best``; ``w1_best`` ... for the tied model; ``teacher_best_epoch`` and
-    ``teacher_robust_acc_best`` for distillation (else NaN / -1); ``variant`` (:func:`variant_of`);
+    ``teacher_robust_acc_best`` for distillation (else NaN / -1); ``variant`` (:func:`variant_label`);
     ``class_matrix_best`` / ``class_matrix_last`` (C as JSON text, when the history has it); ``history``: the
     per-epoch records as JSON text (NaN as null; without the per-epoch class matrices, to keep rows small).
     """
@@ -256,11 +149,15 @@ def results_row(result: TrainResult, teacher_result: TrainResult | None = None) 
     if "class_matrix" in last:
         row["class_matrix_best"] = json.dumps(finite_or_none(best["class_matrix"]))
         row["class_matrix_last"] = json.dumps(finite_or_none(last["class_matrix"]))
-    row["variant"] = variant_of({"teacher_from": "none" if teacher_result is None else "at_best",
-                                 "label_smoothing": result.config.label_smoothing})
+    row["variant"] = variant_label({"mode": result.config.mode, "label_smoothing": result.config.label_smoothing,
+                                    "teacher_from": "none" if teacher_result is None else "at_best"})
     row["history"] = json.dumps([finite_or_none({k: v for k, v in record.items() if k != "class_matrix"})
                                  for record in history])
     return row
+
+
+def _check_point(params: dict[str, Any]) -> None:
+    DynamicsConfig.from_dict(params).validate()
 
 
 def run_point(params: dict[str, Any]) -> dict[str, Any]:
@@ -303,27 +200,38 @@ def recompute_cas(model: torch.nn.Module, config: TrainConfig, epoch: int) -> fl
     return attribution(model, x_adv, y).cas
 
 
-# -- analysis ------------------------------------------------------------------------------------
-def variant_of(row: Any) -> str:
-    """``AT`` / ``AT + LS <alpha>`` / ``AT + KD`` of a params row (a dict or a pandas row); the spelling of
-    ``figures.dynamics``."""
-    if row.get("teacher_from", "none") == "at_best":
-        return "AT + KD"
-    alpha = row.get("label_smoothing", 0.0)
-    alpha = 0.0 if alpha is None or (isinstance(alpha, float) and math.isnan(alpha)) else float(alpha)
-    return f"AT + LS {alpha:g}" if alpha > 0 else "AT"
+# -- labels (also the figures') ------------------------------------------------------------------
+MODE_LABELS = {"at": "AT", "trades": "TRADES", "standard": "standard"}
 
 
-def _model_label(row: Any) -> str:
-    """``world model`` e.g. ``paper3 mlp(128)``, ``ring-10 linear``."""
-    hidden = row.get("hidden")
-    model = str(row["model"])
+def _setting(row: Any, key: str, default: Any) -> Any:
+    """``row[key]`` of a dict or a pandas row; ``default`` when absent or NaN (a column other kinds lack)."""
+    value = row.get(key, default)
+    return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def variant_label(row: Any) -> str:
+    """``AT`` / ``AT + LS <alpha>`` / ``AT + KD`` (``TRADES ...``, ``standard ...`` for those modes) of a training
+    or dynamics point's settings (a dict or a pandas row). KD: ``teacher_from = 'at_best'`` or a teacher file."""
+    name = MODE_LABELS.get(str(_setting(row, "mode", "at")), str(_setting(row, "mode", "at")))
+    teacher = _setting(row, "teacher", None)
+    if _setting(row, "teacher_from", "none") == "at_best" or (isinstance(teacher, str) and teacher):
+        return f"{name} + KD"
+    alpha = float(_setting(row, "label_smoothing", 0.0))
+    return f"{name} + LS {alpha:g}" if alpha > 0 else name
+
+
+def model_label(row: Any) -> str:
+    """``world model`` of a training point's settings, e.g. ``paper3 mlp(128)``, ``ring-10 linear``."""
+    model = str(_setting(row, "model", "?"))
     if model == "mlp":
+        hidden = _setting(row, "hidden", [])
         widths = json.loads(hidden) if isinstance(hidden, str) else list(hidden)
         model = "mlp(" + ",".join(str(w) for w in widths) + ")"
-    return f"{row.get('preset', 'paper3')} {model}"
+    return f"{_setting(row, 'preset', 'paper3')} {model}"
 
 
+# -- analysis ------------------------------------------------------------------------------------
 def _prepare(df):
     import pandas as pd
 
@@ -333,8 +241,8 @@ def _prepare(df):
     if missing:
         raise ValueError(f"results lack columns: {', '.join(sorted(missing))}")
     df = df.copy()
-    df["model_label"] = [_model_label(r) for _, r in df.iterrows()]
-    df["variant"] = [variant_of(r) for _, r in df.iterrows()]
+    df["model_label"] = [model_label(r) for _, r in df.iterrows()]
+    df["variant"] = [variant_label(r) for _, r in df.iterrows()]
     return df
 
 
@@ -363,14 +271,17 @@ def eps_table(df):
 
 
 def soft_table(df, eps: float | None = None):
-    """Experiment (c): per model and variant (AT / AT + LS 0.2 / AT + KD), mean and std over seeds (eps given or
-    :data:`SOFT_EPS`)."""
+    """Experiment (c): per model, eps and variant (AT / AT + LS / AT + KD), mean and std over seeds, at the given
+    ``eps`` or (None) at every eps where more than one variant ran."""
     df = _prepare(df)
-    eps = SOFT_EPS if eps is None else eps
-    df = df[(df["eps"] - eps).abs() < 1e-12]
+    if eps is not None:
+        df = df[(df["eps"] - eps).abs() < 1e-12]
+    else:
+        variety = df.groupby("eps")["variant"].nunique()
+        df = df[df["eps"].isin(variety[variety > 1].index)]
     if df.empty:
-        raise ValueError(f"no results at eps={eps}")
-    return _mean_spread(df, ["model_label", "variant"], SUMMARY_COLUMNS)
+        raise ValueError(f"no results at eps={eps}" if eps is not None else "no eps with several variants")
+    return _mean_spread(df, ["model_label", "eps", "variant"], SUMMARY_COLUMNS)
 
 
 def epochs_table(df, epochs: Iterable[int] | None = None):
@@ -434,67 +345,26 @@ def _markdown(table) -> str:
     return "\n".join(lines)
 
 
-# -- local driver --------------------------------------------------------------------------------
-def _run_with_params(params: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
-    start = time.perf_counter()
-    row = run_point(params)
-    return {**{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in params.items()}, **row,
-            "seconds": time.perf_counter() - start}
+def write_tables(out_dir: str | Path) -> str | None:
+    """The post-run hook ``tables``: :func:`summarize` of the finished dynamics points of the store in
+    ``out_dir``, written to ``out_dir/tables.md``; None (nothing written) when the store holds none."""
+    from .sweep import read_points
+
+    out_dir = Path(out_dir)
+    points = read_points(out_dir, status="done")
+    if points.empty or "kind" not in points:
+        return None
+    points = points[points["kind"] == "dynamics"]
+    if points.empty:
+        return None
+    target = out_dir / "tables.md"
+    header = f"# dynamics tables: {len(points)} points of {out_dir / 'sweep.sqlite'}"
+    write_text(target, f"{header}\n\n{summarize(points)}")
+    return str(target)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m synthmodel.dynamics",
-                       description="Run the training-dynamics experiments (AT per epoch, CAS drop over "
-                                   "eps, soft labels) with a local process pool and write results.csv "
-                                   "and tables.md.")
-    p.add_argument("--experiment", choices=[*EXPERIMENTS, "all"], default="all")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the experiment's seeds")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default %(default)s)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.csv, tables.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        points = all_points(args.seeds) if args.experiment == "all" else experiment_points(args.experiment,
-                                                                                           args.seeds)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from concurrent.futures import ProcessPoolExecutor
-
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(_run_with_params, p) for p in points]
-        for future in tqdm(futures, desc="dynamics", unit="point", file=sys.stderr, disable=args.quiet):
-            rows.append(future.result())
-            # rewrite after every point (temp file, then rename): an interrupted run keeps what it computed
-            frame = pd.DataFrame(rows)
-            tmp = out / "results.csv.tmp"
-            frame.to_csv(tmp, index=False)
-            tmp.replace(out / "results.csv")
-    elapsed = time.perf_counter() - start
-    frame = pd.DataFrame(rows)
-    text = (f"# dynamics: {args.experiment}, {len(points)} points, {elapsed:.0f} s wall, {args.workers} workers\n\n"
-            + summarize(frame))
-    tmp = out / "tables.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "tables.md")
-    print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+register_kind(PointKind(
+    name="dynamics", run=run_point_with_history, params=param_table(DynamicsConfig), check=_check_point,
+    description="training-dynamics point: best/last CAS and robust acc, overfitting gap; teacher_from='at_best' "
+                "distils from an AT teacher trained inside the point"))
+register_hook("tables", write_tables)

@@ -8,9 +8,8 @@ Conventions (written down because papers differ):
 * label smoothing ``alpha``: target ``(1 - alpha) * onehot(y) + alpha / K`` (PyTorch's convention:
   the true class keeps ``1 - alpha + alpha/K``);
 * distillation: target ``softmax(teacher_logits / T)``, loss = cross-entropy of the student's
-  logits (at temperature 1) against it. With ``hinton=True`` the student is also divided by T
-  and the loss multiplied by T^2 (Hinton et al. 2015). As T -> 0 with a teacher whose top logit is
-  the label, the target becomes one-hot and the loss becomes plain cross-entropy;
+  logits (at temperature 1) against it. As T -> 0 with a teacher whose top logit is the label, the
+  target becomes one-hot and the loss becomes plain cross-entropy;
 * TRADES ``beta`` (Zhang et al. 2019): ``CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv))``,
   KL averaged over the batch; its attack maximises the same KL (:func:`trades_attack_loss`).
 """
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["soft_targets", "cross_entropy", "label_smoothing_targets", "distillation_targets",
-           "robust_objective", "trades_loss", "trades_attack_loss", "check_alpha"]
+           "robust_objective", "trades_loss", "trades_kl", "trades_attack_loss", "check_alpha"]
 
 
 def check_alpha(alpha: float) -> float:
@@ -34,9 +33,12 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
-def label_smoothing_targets(y: torch.Tensor, n_classes: int, alpha: float, dtype: torch.dtype) -> torch.Tensor:
-    """``(1 - alpha) * onehot(y) + alpha / K``, shape (N, K)."""
-    alpha = check_alpha(alpha)
+def label_smoothing_targets(y: torch.Tensor, n_classes: int, alpha: float | torch.Tensor,
+                            dtype: torch.dtype) -> torch.Tensor:
+    """``(1 - alpha) * onehot(y) + alpha / K``: labels y (N,) -> (N, K); or, for an ensemble, labels (E, N) with
+    one alpha per member as a tensor (E, 1, 1) -> (E, N, K)."""
+    if not isinstance(alpha, torch.Tensor):
+        alpha = check_alpha(alpha)
     onehot = F.one_hot(y, n_classes).to(dtype)
     return onehot * (1.0 - alpha) + alpha / n_classes
 
@@ -65,16 +67,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
 
 def robust_objective(logits: torch.Tensor, y: torch.Tensor, *, alpha: float = 0.0,
                      teacher_logits: torch.Tensor | None = None, temperature: float = 1.0,
-                     hinton: bool = False, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of ``logits`` against the targets chosen by alpha / teacher.
+                     reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ``logits`` (N, K) against the targets of labels y (N,) chosen by alpha / teacher.
 
     ``alpha = 0`` and no teacher is exactly ``F.cross_entropy(logits, y)``.
     """
     if teacher_logits is None and not alpha:
         return F.cross_entropy(logits, y, reduction=reduction)
-    if hinton and teacher_logits is not None:
-        targets = distillation_targets(teacher_logits, temperature).to(logits.dtype)
-        return temperature**2 * F.cross_entropy(logits / temperature, targets, reduction=reduction)
     targets = soft_targets(y, logits.shape[1], alpha=alpha, teacher_logits=teacher_logits,
                            temperature=temperature, dtype=logits.dtype)
     return F.cross_entropy(logits, targets, reduction=reduction)
@@ -88,9 +87,13 @@ def trades_loss(logits_natural: torch.Tensor, logits_adv: torch.Tensor, y: torch
         raise ValueError(f"TRADES beta must be finite and >= 0, got {beta}")
     natural = robust_objective(logits_natural, y, alpha=alpha, teacher_logits=teacher_logits,
                                temperature=temperature)
-    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.log_softmax(logits_natural, dim=1),
-                  reduction="batchmean", log_target=True)
-    return natural + beta * kl
+    return natural + beta * trades_kl(logits_natural, logits_adv)
+
+
+def trades_kl(logits_natural: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """TRADES' robustness term ``KL(softmax(logits_natural) || softmax(logits_adv))``, batch mean; logits (N, K)."""
+    return F.kl_div(F.log_softmax(logits_adv, dim=1), F.log_softmax(logits_natural, dim=1), reduction="batchmean",
+                    log_target=True)
 
 
 def trades_attack_loss(logits_adv: torch.Tensor, probs_natural: torch.Tensor) -> torch.Tensor:

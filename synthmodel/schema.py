@@ -21,7 +21,8 @@ Example::
         norm: str = option("linf", "threat model", choices=("linf", "l2"))
 
 Supported annotations: ``float``, ``int``, ``str``, ``bool``, ``tuple[int, ...]`` (a list of integers), each
-optionally ``| None`` (the value may be None: "not set", whose meaning :attr:`Spec.none` states).
+optionally ``| None`` (the value may be None: "not set", whose meaning :attr:`Spec.none` states). A field
+declared ``option(REQUIRED, ...)`` has no default: a grid or the command line must give it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Bounds", "Spec", "Param", "MISSING", "option", "spec_of", "fields_of", "param_table", "check_fields",
-           "from_mapping", "to_dict", "add_arguments", "from_namespace", "describe"]
+__all__ = ["Bounds", "Spec", "Param", "MISSING", "REQUIRED", "option", "spec_of", "fields_of", "param_table",
+           "check_fields", "from_mapping", "to_dict", "add_arguments", "from_namespace", "describe"]
 
 
 class _Missing:
@@ -46,6 +47,7 @@ class _Missing:
 
 
 MISSING: Any = _Missing()  # a Param default meaning "not filled in when absent"
+REQUIRED: Any = dataclasses.MISSING  # an option() default meaning "no default: must be given"
 
 _TYPES = ("float", "int", "str", "bool", "int_list")
 
@@ -196,7 +198,7 @@ class Spec:
 
 
 def option(default: Any, help: str, **spec: Any) -> Any:
-    """A dataclass field with a default and a :class:`Spec` (keyword arguments are Spec's)."""
+    """A dataclass field with a default (or :data:`REQUIRED`) and a :class:`Spec` (keyword arguments are Spec's)."""
     if isinstance(default, list):
         raise TypeError("a list default would be shared between instances: use a tuple")
     return dataclasses.field(default=default, metadata={"spec": Spec(help=help, **spec)})
@@ -275,12 +277,16 @@ def from_mapping(cls: type, data: Mapping[str, Any], *, what: str = "settings") 
     """``cls(**data)`` with every value checked and coerced (lists to tuples for integer lists).
 
     Raises:
-        ValueError: an unknown key (naming the allowed ones) or a value of the wrong type / choice / range.
+        ValueError: an unknown key (naming the allowed ones), a required one absent, or a value of the wrong
+            type / choice / range.
     """
     infos = {f.name: f for f in fields_of(cls)}
     unknown = sorted(set(data) - set(infos))
     if unknown:
         raise ValueError(f"unknown {what}: {', '.join(unknown)}; allowed: {', '.join(infos)}")
+    absent = [name for name, f in infos.items() if f.default is dataclasses.MISSING and name not in data]
+    if absent:
+        raise ValueError(f"missing {what}: {', '.join(absent)}")
     values = {}
     for key, value in data.items():
         value = infos[key].param().coerce(key, value)
@@ -325,12 +331,15 @@ def _int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = (),
-                  required: Iterable[str] = ()) -> None:
+                  required: Iterable[str] = ()) -> dict[str, Any]:
     """Add one flag per field of ``cls`` with ``spec.cli`` (not in ``exclude``), grouped by ``spec.group``.
 
     Defaults are the dataclass defaults (``required``: fields without one, or to be given explicitly).
     Values are checked by :func:`from_namespace` (through :func:`check_fields`), not by argparse, so a
     range error reads the same from the CLI and from a grid.
+
+    Returns:
+        group name -> the argument group created for it (a CLI adds its own flags, e.g. ``--out``, there).
     """
     skip, needed = set(exclude), set(required)
     groups: dict[str, Any] = {}
@@ -360,6 +369,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
         if f.spec.choices is not None:
             kwargs["choices"] = list(f.spec.choices)
         target.add_argument(f.flag, **kwargs)
+    return groups
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:

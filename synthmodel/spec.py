@@ -9,7 +9,7 @@ exactly one class is *exclusive* (class-specific); a feature carried by two or m
     x_f = 0                    otherwise
     x_noise ~ N(0, noise_sigma^2)   for each of the optional pure-noise dimensions
 
-The paper's 3-class model (PAPER.md, "The synthetic data model") is the preset ``paper3``:
+The paper's 3-class model (docs/PAPER.md, "The synthetic model and the three claims") is the preset ``paper3``:
 features ordered ``[x_E1, x_E2, x_E3, x_C1, x_C2, x_C3]`` with ``x_Cj`` present in every class
 but ``j``. Nothing in the code special-cases it.
 """
@@ -24,7 +24,8 @@ from itertools import combinations
 
 import numpy as np
 
-__all__ = ["FeatureModel", "PRESETS", "make_preset", "preset_names"]
+__all__ = ["FeatureModel", "INCIDENCE_FAMILIES", "make_preset", "preset_names", "all_but_one_incidence",
+           "pairs_incidence", "ring_incidence"]
 
 
 def _as_feature_vector(value: float | Sequence[float] | np.ndarray, n: int, name: str) -> np.ndarray:
@@ -226,8 +227,9 @@ def ring_incidence(k: int) -> np.ndarray:
     return np.concatenate([_exclusive_block(k), shared], axis=1)
 
 
-# name -> (incidence builder taking K, the smallest K for which it is a valid world)
-PRESETS: dict[str, tuple] = {
+# family name -> (incidence builder taking K, the smallest K for which it is a valid world); the world presets
+# are paper3 and <family>-K
+INCIDENCE_FAMILIES: dict[str, tuple] = {
     "all-but-one": (all_but_one_incidence, 3),
     "pairs": (pairs_incidence, 2),
     "ring": (ring_incidence, 3),
@@ -236,7 +238,7 @@ PRESETS: dict[str, tuple] = {
 
 def preset_names() -> list[str]:
     """The accepted preset spellings."""
-    return ["paper3"] + [f"{name}-K" for name in PRESETS]
+    return ["paper3"] + [f"{name}-K" for name in INCIDENCE_FAMILIES]
 
 
 def make_preset(name: str, *, k: int | None = None, mu: float | Sequence[float] = 1.0,
@@ -266,7 +268,7 @@ def make_preset(name: str, *, k: int | None = None, mu: float | Sequence[float] 
             if k is not None and k != int(k_text):
                 raise ValueError(f"preset {name!r} has K={k_text}, got k={k}")
             k = int(k_text)
-        builder, k_min = PRESETS[family]
+        builder, k_min = INCIDENCE_FAMILIES[family]
         if k < k_min:
             raise ValueError(f"preset {family}-K needs K >= {k_min}, got K={k}")
         incidence, label = builder(k), f"{family}-{k}"

@@ -6,9 +6,10 @@ Library use::
     from synthmodel.train import TrainConfig, train
     result = train(TrainConfig(preset="paper3", mode="at", eps=0.25))
     result.final          # {"clean_acc", "robust_acc", "cas", "w1", "w2"}
-    result.history        # one dict per epoch
+    result.history        # one dict per epoch (synthmodel.training.EpochRecord)
 
-CLI: ``python -m synthmodel.train --help``.
+CLI: ``python -m synthmodel.train --help``. Sweep point kind ``train`` (registered on import): one run per
+point, linear models batched by :mod:`synthmodel.batched`.
 
 Definitions used here (see also docs/DEFINITIONS.md):
 
@@ -25,12 +26,15 @@ Definitions used here (see also docs/DEFINITIONS.md):
 * robust accuracy of a linear model is computed exactly (closed-form worst margins); of other
   models with PGD (``eval_steps`` steps of size eps/4, random start). CAS uses PGD adversarial
   test inputs, as in the official code.
+
+The objectives, the learning-rate schedule, the epoch loop, the best-epoch tracker and the epoch record
+are the training core's (:mod:`synthmodel.objectives`, :mod:`synthmodel.training`), shared with
+:mod:`synthmodel.batched` and :mod:`real_data.train`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -45,15 +49,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attacks as atk
+from .atomic import atomic_path, write_text
 from .attribution import Attribution, attribution, attribution_ensemble
 from .cli import ArgumentParser
-from .losses import check_alpha, robust_objective, soft_targets, trades_attack_loss, trades_loss
+from .losses import robust_objective
 from .models import MODELS, TiedLinear, build_model, is_linear_model
+from .objectives import Learner, logitwise_objective, make_objective, target_loss, teacher_logits
 from .sample import derive_seed, sample
-from .spec import FeatureModel, make_preset
+from .schema import Bounds, add_arguments, check_fields, from_mapping, from_namespace, option, param_table, to_dict
+from .spec import FeatureModel, make_preset, preset_names
+from .sweep import PointKind, register_kind
+from .training import SCHEDULES, BestEpoch, EpochRecord, LRSchedule, fit_epoch
 
 __all__ = ["Mode", "TrainConfig", "TrainResult", "train", "build_world", "save_checkpoint", "load_checkpoint",
-           "logitwise_objective", "copy_state", "main"]
+           "logitwise_objective", "robust_objective", "copy_state", "epoch_record", "train_results", "run_point",
+           "main"]
 
 
 class Mode(str, Enum):
@@ -63,113 +73,100 @@ class Mode(str, Enum):
 
 
 TRAIN_ATTACKS = ("pgd", "fgsm", "logitwise", "scorewise")
+CLOSED_FORM_ATTACKS = ("logitwise", "scorewise")  # linear models: no attack is run, each is an objective
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "step", "cosine")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def settings_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build the settings dataclass ``cls`` from a dict, naming unknown keys instead of a TypeError."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-    return cls(**data)
+_POSITIVE = Bounds(low=0, low_open=True)
+_NON_NEGATIVE = Bounds(low=0)
+_AT_LEAST_ONE = Bounds(low=1)
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (units in comments). Defaults: the paper's world, AT."""
+    """Every setting of a training run. Defaults: the paper's world, PGD-10 AT at eps 0.25."""
 
     # world
-    preset: str = "paper3"              # paper3 | all-but-one-K | pairs-K | ring-K
-    k: int | None = None                # number of classes for presets spelled with K
-    mu: float = 1.0                     # mean of a present feature
-    sigma: float = 0.5                  # std of a present feature
-    noise_dims: int = 0                 # extra pure-noise input dimensions
+    preset: str = option("paper3", f"world: {' | '.join(preset_names())} (K a number, or K with --k)",
+                         group="world")
+    k: int | None = option(None, "number of classes when the preset is spelled with K", bounds=Bounds(low=2),
+                           none="the preset's", group="world")
+    mu: float = option(1.0, "mean of a present feature", units="input units", group="world")
+    sigma: float = option(0.5, "standard deviation of a present feature", units="input units", bounds=_POSITIVE,
+                          group="world")
+    noise_dims: int = option(0, "extra pure-noise input dimensions", bounds=_NON_NEGATIVE, group="world")
     # model
-    model: str = "tied"                 # tied | linear | mlp
-    hidden: tuple[int, ...] = (64,)     # MLP widths
-    bias: bool = True                   # bias of the full linear model
+    model: str = option("tied", "tied (w1, w2) | linear (W x + b) | mlp", choices=tuple(MODELS), group="model")
+    hidden: tuple[int, ...] = option((64,), "MLP hidden widths", bounds=_AT_LEAST_ONE, check=lambda v: len(v) > 0,
+                                     rule="non-empty", group="model")
+    bias: bool = option(True, "bias of the full linear model", group="model")
     # objective
-    mode: str = "at"                    # standard | at | trades
-    eps: float = 0.25                   # threat-model radius (input units); training and evaluation
-    norm: str = "linf"                  # linf | l2
-    attack: str = "pgd"                 # inner attack: pgd | fgsm | logitwise | scorewise (linear models)
-    attack_steps: int = 10              # PGD steps in training
-    attack_step_size: float | None = None  # PGD step (input units); None = eps / 4
-    eval_steps: int = 20                # PGD steps for evaluation and CAS
-    label_smoothing: float = 0.0        # alpha in [0, 1)
-    teacher: str | None = None          # checkpoint file of a teacher (distillation)
-    temperature: float = 1.0            # teacher temperature
-    trades_beta: float = 6.0            # TRADES weight of the KL term
+    mode: str = option("at", "training mode", choices=tuple(m.value for m in Mode), group="objective")
+    eps: float = option(0.25, "threat-model radius, in training and every evaluation", units="input units",
+                        bounds=_NON_NEGATIVE, group="objective")
+    norm: str = option("linf", "threat-model norm", choices=tuple(n.value for n in atk.Norm), group="objective")
+    attack: str = option("pgd", "inner attack of AT; logitwise = closed-form per-logit worst case, scorewise = every "
+                                "score attacked on its own (both closed form, linear models)",
+                         choices=TRAIN_ATTACKS, group="objective")
+    attack_steps: int = option(10, "PGD steps in training", bounds=_AT_LEAST_ONE, group="objective")
+    attack_step_size: float | None = option(None, "PGD step in training", units="input units", bounds=_POSITIVE,
+                                            none="eps / 4", group="objective")
+    eval_steps: int = option(20, "PGD steps for evaluation and CAS", bounds=_AT_LEAST_ONE, group="objective")
+    label_smoothing: float = option(0.0, "label smoothing alpha", bounds=Bounds(0, 1, high_open=True),
+                                    metavar="ALPHA", group="objective")
+    teacher: str | None = option(None, "distil from this checkpoint's soft labels", none="no teacher",
+                                 metavar="CHECKPOINT", group="objective")
+    temperature: float = option(1.0, "teacher softmax temperature", bounds=_POSITIVE, group="objective")
+    trades_beta: float = option(6.0, "TRADES weight of the KL term", bounds=_NON_NEGATIVE, group="objective")
     # optimisation
-    optimizer: str = "sgd"              # sgd | adam
-    lr: float = 0.1                     # initial learning rate
-    momentum: float = 0.9               # SGD momentum
-    weight_decay: float = 0.0           # L2 penalty (optimizer weight decay)
-    schedule: str = "step"              # constant | step (x0.1 at 50% and 75% of epochs) | cosine
-    epochs: int = 30
-    batch_size: int = 128
-    n_train: int = 2000
-    n_test: int = 2000
-    seed: int = 0
-    dtype: str = "float32"              # float32 | float64
+    optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS, group="optimisation")
+    lr: float = option(0.1, "initial learning rate", bounds=_POSITIVE, group="optimisation")
+    momentum: float = option(0.9, "SGD momentum", bounds=Bounds(0, 1, high_open=True), group="optimisation")
+    weight_decay: float = option(0.0, "L2 penalty (optimiser weight decay)", bounds=_NON_NEGATIVE,
+                                 group="optimisation")
+    schedule: str = option("step", "learning-rate schedule; step = x0.1 at 50% and 75% of the epochs (the paper's "
+                                   "shape)", choices=SCHEDULES, group="optimisation")
+    epochs: int = option(30, "training epochs", bounds=_AT_LEAST_ONE, group="optimisation")
+    batch_size: int = option(128, "samples per step", bounds=_AT_LEAST_ONE, group="optimisation")
+    n_train: int = option(2000, "training samples", bounds=_AT_LEAST_ONE, group="optimisation")
+    n_test: int = option(2000, "test samples (evaluation and CAS)", bounds=_AT_LEAST_ONE, group="optimisation")
+    seed: int = option(0, "seed of every random stream (data, initialisation, shuffling, attacks)",
+                       bounds=_NON_NEGATIVE, group="optimisation")
+    dtype: str = option("float32", "floating-point type of data and model", choices=tuple(DTYPES),
+                        group="optimisation")
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
 
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the first impossible setting."""
-        def choice(name: str, allowed) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-
-        choice("model", tuple(MODELS))
-        choice("mode", tuple(m.value for m in Mode))
-        choice("norm", tuple(n.value for n in atk.Norm))
-        choice("attack", TRAIN_ATTACKS)
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("dtype", tuple(DTYPES))
-        for name in ("mu", "sigma", "eps", "lr", "momentum", "weight_decay", "temperature", "trades_beta"):
-            if not math.isfinite(float(getattr(self, name))):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
-        if self.eps < 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1)")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.trades_beta < 0:
-            raise ValueError(f"trades_beta must be >= 0, got {self.trades_beta}")
-        check_alpha(self.label_smoothing)
+        check_fields(self)
         if self.label_smoothing and self.teacher:
             raise ValueError("use either label smoothing or a teacher, not both")
-        step = self.attack_step_size
-        if step is not None and not (math.isfinite(step) and step > 0):
-            raise ValueError(f"attack_step_size must be > 0, got {self.attack_step_size}")
-        for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "n_train", "n_test"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attack in ("logitwise", "scorewise") and self.model not in ("tied", "linear"):
+        if self.attack in CLOSED_FORM_ATTACKS and self.model not in ("tied", "linear"):
             raise ValueError(f"attack {self.attack!r} is closed-form for linear models only (model tied or linear)")
-        if self.attack in ("logitwise", "scorewise") and self.mode == Mode.TRADES.value:
+        if self.attack in CLOSED_FORM_ATTACKS and self.mode == Mode.TRADES.value:
             raise ValueError(f"attack {self.attack!r} applies to mode 'at' (TRADES needs an input-space attack)")
-        build_world(self)  # validates the world parameters
+        build_world(self)  # validates the world parameters together
         return self
 
+    @property
+    def objective(self) -> str:
+        """The training objective's name (:data:`synthmodel.objectives.OBJECTIVES`)."""
+        if self.mode == Mode.AT.value and self.attack in CLOSED_FORM_ATTACKS:
+            return self.attack
+        return self.mode
+
+    @property
+    def lr_schedule(self) -> LRSchedule:
+        return LRSchedule(self.schedule, self.lr, self.epochs)
+
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["hidden"] = list(self.hidden)
-        return data
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return settings_from_dict(cls, data)
+        """A config from a dict (a grid point, a checkpoint's config), every value checked."""
+        return from_mapping(cls, data, what="training settings")
 
 
 def build_world(config: TrainConfig) -> FeatureModel:
@@ -212,26 +209,6 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
-def logitwise_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, *,
-                        alpha: float = 0.0, teacher_logits: torch.Tensor | None = None,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """Mean over the batch of ``sum_c t_c * CE(logitwise_logits(x, c), c)`` (t: the target distribution).
-
-    With hard labels this is the cross-entropy of :func:`synthmodel.attacks.linear_logitwise_logits`.
-    """
-    if teacher_logits is None and not alpha:
-        return F.cross_entropy(atk.linear_logitwise_logits(model, x, y, eps, norm), y)
-    n_classes = model.head.weight.shape[0]
-    targets = soft_targets(y, n_classes, alpha=alpha, teacher_logits=teacher_logits, temperature=temperature,
-                           dtype=x.dtype)
-    total = x.new_zeros(())
-    for c in range(n_classes):
-        yc = torch.full_like(y, c)
-        per_sample = F.cross_entropy(atk.linear_logitwise_logits(model, x, yc, eps, norm), yc, reduction="none")
-        total = total + (targets[:, c] * per_sample).mean()
-    return total
-
-
 def adversarial_attribution(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """``{"cas", "class_matrix"}`` on adversarial inputs; a zero model's NaN CAS is recorded, not warned about."""
     with warnings.catch_warnings():
@@ -259,18 +236,15 @@ def _attribution_record(result: Attribution) -> dict[str, Any]:
 
 def epoch_record(epoch: int, lr: float, train_loss: float, train_eval: dict[str, Any], test_eval: dict[str, Any],
                  model: nn.Module) -> dict[str, Any]:
-    """One history entry (the same keys for the loop here and the batched trainer)."""
-    record: dict[str, Any] = {
-        "epoch": epoch, "lr": lr, "train_loss": train_loss,
-        "train_clean_acc": train_eval["clean_acc"], "train_robust_acc": train_eval["robust_acc"],
-        "train_robust_loss": train_eval["robust_loss"],
-        "test_clean_acc": test_eval["clean_acc"], "test_robust_acc": test_eval["robust_acc"],
-        "test_robust_loss": test_eval["robust_loss"], "cas": test_eval["cas"],
-        "class_matrix": test_eval["class_matrix"],
-    }
-    if isinstance(model, TiedLinear):
-        record["w1"], record["w2"] = model.w1, model.w2
-    return record
+    """One history entry of a synthetic-world run (:class:`synthmodel.training.EpochRecord`), from the train and
+    test evaluations; ``w1``, ``w2`` for the tied model."""
+    tied = isinstance(model, TiedLinear)
+    return EpochRecord(
+        epoch=epoch, lr=lr, train_loss=train_loss, train_clean_acc=train_eval["clean_acc"],
+        train_robust_acc=train_eval["robust_acc"], train_robust_loss=train_eval["robust_loss"],
+        test_clean_acc=test_eval["clean_acc"], test_robust_acc=test_eval["robust_acc"],
+        test_robust_loss=test_eval["robust_loss"], cas=test_eval["cas"], class_matrix=test_eval["class_matrix"],
+        w1=model.w1 if tied else None, w2=model.w2 if tied else None).as_dict()
 
 
 class _Trainer:
@@ -292,62 +266,39 @@ class _Trainer:
                 p.requires_grad_(False)
         self.teacher = teacher
         self.linear = is_linear_model(self.model)
-        self.step_size = config.attack_step_size
         self.attack_gen = torch.Generator().manual_seed(derive_seed(config.seed, "attack"))
         self.shuffle_gen = torch.Generator().manual_seed(derive_seed(config.seed, "shuffle"))
+        self.objective = make_objective(config.objective,
+                                        **({"beta": config.trades_beta} if config.mode == Mode.TRADES.value else {}))
+        self.learner = Learner(forward=self.model, attack=self._attack, attacking=config.eps > 0,
+                               loss=target_loss(config.label_smoothing, self.teacher, config.temperature),
+                               model=self.model, logitwise=self._logitwise if self.linear else None,
+                               scorewise=self._scorewise if self.linear else None)
 
     # -- pieces --------------------------------------------------------------------------
-    def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+    def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         params = [p for p in self.model.parameters() if p.requires_grad]
         if c.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        else:
-            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.schedule == "step":
-            milestones = sorted({max(1, c.epochs // 2), max(1, (3 * c.epochs) // 4)})
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-        elif c.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs)
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        return opt, sched
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
-    def _train_attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _attack(self, x: torch.Tensor, y: torch.Tensor, loss_fn=None) -> torch.Tensor:
+        """The training attack (FGSM only for AT with attack 'fgsm'; TRADES always runs PGD on its KL)."""
         c = self.config
-        if c.attack == "fgsm":
+        if c.attack == "fgsm" and c.mode == Mode.AT.value:
             return atk.fgsm(self.model, x, y, eps=c.eps, norm=c.norm, mode=None)
-        return atk.pgd(self.model, x, y, eps=c.eps, norm=c.norm, steps=c.attack_steps, step_size=self.step_size,
-                       random_start=True, generator=self.attack_gen, mode=None)
+        return atk.pgd(self.model, x, y, eps=c.eps, norm=c.norm, steps=c.attack_steps, step_size=c.attack_step_size,
+                       random_start=True, generator=self.attack_gen, loss_fn=loss_fn, mode=None)
 
-    def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.teacher is None:
-            return None
-        with torch.no_grad():
-            return self.teacher(x)
-
-    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _logitwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         c = self.config
-        soft = dict(alpha=c.label_smoothing, temperature=c.temperature)
-        if c.mode == Mode.STANDARD.value:
-            return robust_objective(self.model(x), y, teacher_logits=self._teacher_logits(x), **soft)
-        if c.mode == Mode.AT.value:
-            if c.attack == "logitwise":
-                return logitwise_objective(self.model, x, y, c.eps, c.norm, teacher_logits=self._teacher_logits(x),
-                                           **soft)
-            if c.attack == "scorewise":
-                logits = atk.linear_scorewise_logits(self.model, x, y, c.eps, c.norm)
-                return robust_objective(logits, y, teacher_logits=self._teacher_logits(x), **soft)
-            x_adv = self._train_attack(x, y)
-            return robust_objective(self.model(x_adv), y, teacher_logits=self._teacher_logits(x_adv), **soft)
-        # TRADES: the attack maximises KL(p_natural || p_adv)
-        with torch.no_grad():
-            probs_natural = torch.softmax(self.model(x), dim=1)
-        x_adv = atk.pgd(self.model, x, probs_natural, eps=c.eps, norm=c.norm, steps=c.attack_steps,
-                        step_size=self.step_size, random_start=True, generator=self.attack_gen,
-                        loss_fn=trades_attack_loss, mode=None)
-        return trades_loss(self.model(x), self.model(x_adv), y, c.trades_beta,
-                           teacher_logits=self._teacher_logits(x), **soft)
+        return logitwise_objective(self.model, x, y, c.eps, c.norm, alpha=c.label_smoothing,
+                                   teacher_logits=teacher_logits(self.teacher, x), temperature=c.temperature)
+
+    def _scorewise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return atk.linear_scorewise_logits(self.model, x, y, c.eps, c.norm)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, epoch: int, with_cas: bool) -> dict[str, Any]:
         """Clean/robust accuracy, robust loss and (optionally) C and CAS on PGD inputs, in eval mode."""
@@ -373,40 +324,33 @@ class _Trainer:
     # -- loop ------------------------------------------------------------------------------
     def run(self, progress: bool) -> TrainResult:
         c = self.config
-        opt, sched = self._optimizer()
+        optimizer = self._optimizer()
+        schedule = c.lr_schedule
         history: list[dict[str, Any]] = []
         epoch_states: list[dict[str, torch.Tensor]] = []
-        best_epoch, best_robust, best_state = 0, -1.0, {}
-        n = self.x_train.shape[0]
+        best = BestEpoch()
         bar = _progress(range(1, c.epochs + 1), progress, desc=f"{c.mode} {c.model} eps={c.eps:g}")
         for epoch in bar:
             self.model.train()
-            lr = opt.param_groups[0]["lr"]
-            order = torch.randperm(n, generator=self.shuffle_gen)
-            total, seen = 0.0, 0
-            for start in range(0, n, c.batch_size):
-                idx = order[start:start + c.batch_size]
-                loss = self._batch_loss(self.x_train[idx], self.y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * idx.numel()
-                seen += idx.numel()
-            sched.step()
+            lr = schedule.lr_at(epoch - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            order = torch.randperm(self.x_train.shape[0], generator=self.shuffle_gen)
+            batches = ((self.x_train[idx], self.y_train[idx]) for idx in order.split(c.batch_size))
+            totals = fit_epoch(self.objective, self.learner, optimizer, batches)
             train_eval = self._evaluate(self.x_train, self.y_train, epoch, with_cas=False)
             test_eval = self._evaluate(self.x_test, self.y_test, epoch, with_cas=True)
-            record = epoch_record(epoch, lr, total / seen, train_eval, test_eval, self.model)
+            record = epoch_record(epoch, lr, totals.mean_loss(), train_eval, test_eval, self.model)
             history.append(record)
             state = copy_state(self.model)
             if self.keep_epoch_states:
                 epoch_states.append(state)
-            if record["test_robust_acc"] > best_robust:
-                best_epoch, best_robust, best_state = epoch, record["test_robust_acc"], state
+            best.update(epoch, record["test_robust_acc"], lambda state=state: state)
             if progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(rob=f"{record['test_robust_acc']:.3f}", cas=f"{record['cas']:.2f}")
         self.model.eval()
-        return TrainResult(config=c, history=history, model=self.model, best_epoch=best_epoch,
-                           best_state=best_state, last_state=copy_state(self.model), epoch_states=epoch_states)
+        return TrainResult(config=c, history=history, model=self.model, best_epoch=best.epoch,
+                           best_state=best.state, last_state=copy_state(self.model), epoch_states=epoch_states)
 
 
 def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -417,10 +361,8 @@ def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _progress(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but training must not need it
-        return iterable
+    from tqdm.auto import tqdm
+
     return tqdm(iterable, desc=desc, unit="epoch", file=sys.stderr, leave=False)
 
 
@@ -440,12 +382,10 @@ def train(config: TrainConfig, *, teacher: nn.Module | None = None, progress: bo
 # -- checkpoints ------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, model: nn.Module, config: TrainConfig, *, state: dict | None = None,
                     epoch: int | None = None) -> None:
-    """Write {config, state_dict, epoch} atomically (temp file, then rename); loadable with weights_only."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "synthmodel-checkpoint-1", "config": config.to_dict(), "epoch": epoch,
-                "state_dict": state if state is not None else copy_state(model)}, tmp)
-    tmp.replace(path)
+    """Write {config, state_dict, epoch} atomically; loadable with weights_only."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": "synthmodel-checkpoint-1", "config": config.to_dict(), "epoch": epoch,
+                    "state_dict": state if state is not None else copy_state(model)}, tmp)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
@@ -469,58 +409,63 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
     return model.eval(), config
 
 
+# -- sweep point kind 'train' -----------------------------------------------------------
+def train_results(result: TrainResult) -> dict[str, Any]:
+    """The results row of a run: last-epoch and best-epoch metrics, and the history.
+
+    Keys: clean_acc, robust_acc, cas (last epoch, test set), train_robust_loss, train_robust_acc (last
+    epoch), best_epoch (by test robust accuracy), best_clean_acc, best_robust_acc, best_cas, cas_drop =
+    best_cas - cas, w1, w2, best_w1, best_w2 (tied model), and ``_history`` (one record per epoch).
+    """
+    from .sweep import HISTORY_KEY
+
+    last = result.history[-1]
+    best = result.history[result.best_epoch - 1]
+    out: dict[str, Any] = dict(result.final)
+    out.update(train_robust_loss=last["train_robust_loss"], train_robust_acc=last["train_robust_acc"],
+               best_epoch=result.best_epoch, best_clean_acc=best["test_clean_acc"],
+               best_robust_acc=best["test_robust_acc"], best_cas=best["cas"], cas_drop=best["cas"] - last["cas"])
+    if "w1" in best:
+        out.update(best_w1=best["w1"], best_w2=best["w2"])
+    out[HISTORY_KEY] = result.history
+    return out
+
+
+def run_point(params: dict) -> dict:
+    """One point of kind ``train``: :func:`train` of the point's settings."""
+    return train_results(train(TrainConfig.from_dict(params)))
+
+
+def run_point_batch(params_list: list[dict]) -> list[dict]:
+    """Points of kind ``train`` on linear models as one computation (:func:`synthmodel.batched.train_batched`)."""
+    from .batched import train_batched
+
+    return [train_results(r) for r in train_batched([TrainConfig.from_dict(p) for p in params_list])]
+
+
+def point_batch_key(params: dict) -> Any:
+    """Which ``train`` points can run as one batch (:func:`synthmodel.batched.batch_key`)."""
+    from .batched import batch_key
+
+    return batch_key(TrainConfig.from_dict(params))
+
+
+def _check_point(params: dict) -> None:
+    TrainConfig.from_dict(params).validate()
+
+
+register_kind(PointKind(
+    name="train", run=run_point, params=param_table(TrainConfig), check=_check_point, batch_key=point_batch_key,
+    run_batch=run_point_batch,
+    description="finite-sample training run (synthmodel.train.TrainConfig keys); linear models batched"))
+
+
 # -- CLI ----------------------------------------------------------------------------------
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
     p = ArgumentParser(prog="python -m synthmodel.train",
                        description="Train one model in the synthetic cross-class world and report "
                                    "clean/robust accuracy, CAS and (tied model) w1, w2 per epoch.")
-    g = p.add_argument_group("world")
-    g.add_argument("--preset", default=defaults.preset, help="paper3 | all-but-one-K | pairs-K | ring-K (K a number)")
-    g.add_argument("--k", type=int, default=None, help="number of classes when the preset is spelled with K")
-    g.add_argument("--mu", type=float, default=defaults.mu, help="mean of a present feature (default %(default)s)")
-    g.add_argument("--sigma", type=float, default=defaults.sigma, help="std of a present feature (default %(default)s)")
-    g.add_argument("--noise-dims", type=int, default=defaults.noise_dims, help="pure-noise dimensions")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", choices=list(MODELS), default=defaults.model)
-    g.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden), help="MLP hidden widths")
-    g.add_argument("--bias", type=_bool, default=defaults.bias, help="bias in the full linear model (true/false)")
-    g = p.add_argument_group("objective")
-    g.add_argument("--mode", choices=[m.value for m in Mode], default=defaults.mode)
-    g.add_argument("--eps", type=float, default=defaults.eps, help="perturbation radius (default %(default)s)")
-    g.add_argument("--norm", choices=[n.value for n in atk.Norm], default=defaults.norm)
-    g.add_argument("--attack", choices=TRAIN_ATTACKS, default=defaults.attack,
-                   help="inner attack; logitwise = closed-form per-logit worst case, scorewise = every score "
-                        "attacked on its own (both closed form, linear models)")
-    g.add_argument("--attack-steps", type=int, default=defaults.attack_steps)
-    g.add_argument("--attack-step-size", type=float, default=None, help="default eps/4")
-    g.add_argument("--eval-steps", type=int, default=defaults.eval_steps, help="PGD steps for evaluation and CAS")
-    g.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, metavar="ALPHA")
-    g.add_argument("--teacher", default=None, metavar="CHECKPOINT", help="distil from this checkpoint's soft labels")
-    g.add_argument("--temperature", type=float, default=defaults.temperature)
-    g.add_argument("--trades-beta", type=float, default=defaults.trades_beta)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    g.add_argument("--lr", type=float, default=defaults.lr)
-    g.add_argument("--momentum", type=float, default=defaults.momentum)
-    g.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    g.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
-                   help="step = x0.1 at 50%% and 75%% of the epochs (the paper's shape)")
-    g.add_argument("--epochs", type=int, default=defaults.epochs)
-    g.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    g.add_argument("--n-train", type=int, default=defaults.n_train)
-    g.add_argument("--n-test", type=int, default=defaults.n_test)
-    g.add_argument("--seed", type=int, default=defaults.seed)
-    g.add_argument("--dtype", choices=list(DTYPES), default=defaults.dtype)
+    add_arguments(p, TrainConfig)
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print one JSON object {config, final, best_epoch, history}")
     g.add_argument("--out", metavar="FILE", help="also write that JSON object to FILE")
@@ -539,10 +484,8 @@ def _summary(result: TrainResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
-        config.validate()
+        config = from_namespace(TrainConfig, args).validate()
         if args.out and not Path(args.out).resolve().parent.is_dir():
             raise ValueError(f"output folder {Path(args.out).parent} does not exist")
         result = train(config, progress=not args.quiet)
@@ -552,9 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = result.to_json()
     text = json.dumps(payload, indent=None if args.json else 2)
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.out)
+        write_text(args.out, text + "\n")
     if args.save:
         out_dir = Path(args.save)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,24 +8,21 @@ import pandas as pd
 import pytest
 import torch
 
+from experiments.dynamics import EPS_GRID, EXPERIMENTS, SETUP, all_points, experiment_points
 from synthmodel.attribution import attribution
 from synthmodel.dynamics import (
-    EPS_GRID,
-    EXPERIMENTS,
-    SETUP,
+    DynamicsConfig,
     adversarial_test_inputs,
-    all_points,
     eps_table,
-    experiment_points,
-    main,
-    point_config,
+    model_label,
     recompute_cas,
     run_dynamics,
     run_point,
     soft_table,
     summarize,
-    variant_of,
+    variant_label,
 )
+from synthmodel.sweep import expand_grid, run_hooks, run_sweep
 from synthmodel.train import load_checkpoint, save_checkpoint
 
 # a few seconds per run: small world, few epochs, short attacks
@@ -99,21 +96,21 @@ def test_distillation_teacher_is_the_at_points_best_checkpoint():
                                  dict(unknown_key=1)])
 def test_bad_point_raises(bad):
     with pytest.raises(ValueError):
-        point_config({**TINY, **MLP, **bad})
+        DynamicsConfig.from_dict({**TINY, **MLP, **bad}).validate()
 
 
-def test_experiment_points_are_valid_and_cover_the_issue():
+def test_experiment_points_are_valid_and_cover_the_three_experiments():
     for experiment in EXPERIMENTS:
         points = experiment_points(experiment)
         assert points
         for params in points:
-            config, teacher_from = point_config(params)
+            config = DynamicsConfig.from_dict(params).validate()
             assert config.schedule == "step" and config.mode == "at"
         seeds = {p["seed"] for p in points}
         assert len(seeds) >= 3
     eps_values = {p["eps"] for p in experiment_points("eps")}
     assert max(eps_values) > SETUP["mu"] / 2 and set(EPS_GRID) <= eps_values  # very large eps included
-    variants = {variant_of(p) for p in experiment_points("soft")}
+    variants = {variant_label(p) for p in experiment_points("soft")}
     assert variants == {"AT", "AT + LS 0.2", "AT + KD"}
     # shared points of different experiments are identical dicts, so the combined list runs them once
     combined = all_points()
@@ -163,10 +160,13 @@ def test_tables_reject_bad_input():
         eps_table(pd.DataFrame({"model": ["mlp"]}))
 
 
-def test_cli_bad_input_exit_2(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--workers", "0", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+def test_labels_name_mode_targets_and_model():
+    assert variant_label({"mode": "trades", "label_smoothing": 0.1}) == "TRADES + LS 0.1"
+    assert variant_label({"mode": "standard", "teacher": "t.pt"}) == "standard + KD"
+    assert variant_label({"teacher_from": "at_best", "label_smoothing": float("nan")}) == "AT + KD"
+    assert variant_label(pd.Series({"mode": float("nan"), "label_smoothing": 0.0})) == "AT"  # a column others lack
+    assert model_label({"preset": "ring-10", "model": "mlp", "hidden": "[128, 64]"}) == "ring-10 mlp(128,64)"
+    assert model_label({"model": "linear"}) == "paper3 linear"
 
 
 @pytest.mark.parametrize("variant", [{}, {"label_smoothing": 0.2}, {"teacher_from": "at_best", "temperature": 2.0}])
@@ -190,13 +190,24 @@ def test_head_column_sums_are_conserved_by_training(variant):
 
 
 @pytest.mark.slow
-def test_cli_end_to_end_one_seed(tmp_path):
+def test_one_seed_of_an_experiment_through_the_sweep_with_its_tables(tmp_path):
     # the real set-up, experiment (a), one seed: 6 points (~1-2 min on 2 cores)
-    assert main(["--experiment", "epochs", "--seeds", "0", "--workers", "2", "--out", str(tmp_path), "--quiet"]) == 0
-    frame = pd.read_csv(tmp_path / "results.csv")
-    assert len(frame) == len(experiment_points("epochs", seeds=[0])) == 6
-    assert (frame["best_epoch"] >= 1).all() and (frame["overfit_gap"] >= 0).all()
+    points = experiment_points("epochs", seeds=[0])
+    summary = run_sweep(expand_grid({"kind": "dynamics", "points": points}), tmp_path, workers=2, progress=False)
+    assert (summary.computed, summary.failed) == (6, 0)
+    frame = pd.read_csv(tmp_path / "points.csv")
+    assert len(frame) == 6 and (frame["best_epoch"] >= 1).all() and (frame["overfit_gap"] >= 0).all()
+    lines = run_hooks(tmp_path)
+    assert lines["tables"] == str(tmp_path / "tables.md")
     assert "(a) AT, per epoch" in (tmp_path / "tables.md").read_text()
+
+
+def test_tables_hook_writes_nothing_without_dynamics_points(tmp_path):
+    from synthmodel.dynamics import write_tables
+
+    run_sweep(expand_grid({"kind": "theory", "points": [{"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.1}]}),
+              tmp_path, workers=1, progress=False, export_format=None)
+    assert write_tables(tmp_path) is None and not (tmp_path / "tables.md").exists()
 
 
 def test_results_carry_variant_and_history_and_ignore_the_experiment_label():

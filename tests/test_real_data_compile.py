@@ -19,8 +19,8 @@ from torch._dynamo.utils import counters
 from real_data import train as train_cli
 from real_data.data import load_dataset
 from real_data.fixtures import write_npz
+from real_data.forwards import _AttackView
 from real_data.models import ImageClassifier
-from real_data.runtime import _AttackView
 from real_data.train import TrainConfig, Trainer
 
 CACHES = {"clean": ImageClassifier.forward.__code__, "attack": _AttackView.forward.__code__}

@@ -19,9 +19,9 @@ from real_data.checkpoints import (
     read_checkpoint,
 )
 from real_data.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset
+from real_data.device import resolve_device
 from real_data.fixtures import write_cifar10
 from real_data.models import ARCHS, PreActResNet18, WideResNet, arch_constructor, build_arch
-from real_data.runtime import resolve_device
 from real_data.saliency import grad_cam
 from synthmodel.attribution import attribution
 

@@ -195,3 +195,23 @@ def test_epoch_benchmark_runs_on_cpu_with_a_tiny_size():
                           timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert "1.111 GFLOP/image" in proc.stdout and "speed-up" in proc.stdout  # PreActResNet-18 at 32x32
+
+
+def test_the_training_config_is_the_cli_and_refuses_bad_values_in_one_line(capsys):
+    from synthmodel.schema import fields_of
+
+    parser = train_cli.build_parser()
+    flags = {opt for action in parser._actions for opt in action.option_strings}
+    assert {f"--{f.name.replace('_', '-')}" for f in fields_of(train_cli.TrainConfig)} <= flags
+    args = parser.parse_args(["--dataset", "npz:x.npz", "--out", "o", "--no-random-start", "--milestones", "3", "5",
+                              "--no-augment"])
+    config = train_cli.TrainConfig.from_dict({k: v for k, v in vars(args).items()
+                                              if k in {f.name for f in fields_of(train_cli.TrainConfig)}})
+    assert (config.random_start, config.augment, config.milestones) == (False, False, (3, 5))
+    assert config.lr_schedule.step_milestones == (3, 5)
+    assert "radius (1/255 pixel units) (default: 8 (linf) / 128 (l2))" in " ".join(parser.format_help().split())
+    for bad, words in ((["--momentum", "1"], "momentum=1.0 is not allowed"),
+                       (["--mode", "kd"], "mode kd needs --teacher"),
+                       (["--milestones", "0"], "milestones=[0] is not allowed")):
+        assert train_cli.main(["--dataset", "npz:/nonexistent.npz", "--out", "/tmp/never", "--quiet", *bad]) == 2
+        assert words in _one_error_line(capsys)

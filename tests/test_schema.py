@@ -9,6 +9,7 @@ import pytest
 
 from synthmodel.schema import (
     MISSING,
+    REQUIRED,
     Bounds,
     add_arguments,
     check_fields,
@@ -80,7 +81,8 @@ def test_check_fields_catches_values_set_after_construction():
 
 def test_cli_round_trip_and_help():
     parser = argparse.ArgumentParser()
-    add_arguments(parser, Demo)
+    groups = add_arguments(parser, Demo)
+    assert set(groups) == {"objective"}
     assert from_namespace(Demo, parser.parse_args([])) == Demo()
     args = parser.parse_args(["--eps", "0.5", "--norm", "l2", "--hidden", "8", "8", "--no-augment", "--step", "0.1"])
     assert from_namespace(Demo, args) == Demo(eps=0.5, norm="l2", hidden=(8, 8), augment=False, step=0.1)
@@ -103,3 +105,21 @@ def test_to_dict_and_describe():
 def test_list_defaults_are_refused():
     with pytest.raises(TypeError, match="tuple"):
         option([1], "widths")
+
+
+@dataclass
+class WithRequired:
+    dataset: str = option(REQUIRED, "where the data are")
+    eps: float = option(8.0, "radius", units="1/255 pixel units")
+
+
+def test_required_fields_have_no_default_anywhere():
+    assert "dataset" not in {k for k, p in param_table(WithRequired).items() if p.default is not MISSING}
+    with pytest.raises(ValueError, match="missing settings: dataset"):
+        from_mapping(WithRequired, {"eps": 1.0})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, WithRequired)
+    assert "where the data are (default: required)" in parser.format_help()
+    assert from_namespace(WithRequired, parser.parse_args(["--dataset", "npz:x"])) == WithRequired("npz:x")
+    with pytest.raises(SystemExit):
+        parser.parse_args([])

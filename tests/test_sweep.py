@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
 import json
 import os
 import signal
@@ -11,25 +10,32 @@ import sqlite3
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import sweep_plugin  # noqa: F401  (registers the stand-in kind "toy")
 
 from synthmodel.sweep import (
+    HOOKS,
     STORE_FILE,
     GridError,
     expand_grid,
+    get_kind,
+    kinds,
     load_grid,
+    load_plugins,
     plan_tasks,
+    point_hash,
     preset_grid,
     read_history,
     read_points,
+    register_hook,
     run_sweep,
 )
 from synthmodel.sweep.cli import main
+from synthmodel.sweep.kinds import normalize_params
+
+load_plugins(["sweep_plugin"])  # the stand-in kind "toy", as --plugin sweep_plugin registers it
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = {"name": "toy", "kind": "toy", "grid": {"a": {"linspace": [0.0, 1.0, 5]}, "b": {"range": [0, 4]}}}
@@ -94,7 +100,7 @@ def test_bad_grids_are_rejected_naming_the_key_and_allowed_values(spec, words):
 
 
 def test_paper_presets_expand():
-    from synthmodel.dynamics import all_points, experiment_points
+    from experiments.dynamics import all_points, experiment_points
 
     dynamics = preset_grid("paper-dynamics")
     assert len(dynamics.points) == len(all_points())
@@ -273,29 +279,86 @@ def test_cli_file_that_is_not_a_store(tmp_path, capsys):
 def test_cli_dry_run_lists_points_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, _ = _run_main(capsys, "--preset", "paper-dynamics", "--dry-run", "--out", str(out))
-    from synthmodel.dynamics import all_points
+    from experiments.dynamics import all_points
 
     assert code == 0 and f"{len(all_points())} points" in stdout and "label_smoothing" in stdout
     assert not out.exists()
 
 
-def test_cli_runs_exports_parquet_and_calls_the_figures_hook(tmp_path, capsys, monkeypatch):
+def test_cli_runs_exports_parquet_and_runs_the_post_run_hooks(tmp_path, capsys, monkeypatch):
     pytest.importorskip("pyarrow")
     calls = []
-    fake = types.ModuleType("figures")
-    fake.__spec__ = importlib.machinery.ModuleSpec("figures", None)
-    fake.render_store = lambda out_dir: calls.append(Path(out_dir)) or Path(out_dir) / "figures"
-    monkeypatch.setitem(sys.modules, "figures", fake)
+    monkeypatch.setitem(HOOKS, "figures", lambda out_dir: calls.append(out_dir) or str(out_dir / "figures"))
+
+    def broken(out_dir):
+        raise RuntimeError("no display")
+
+    monkeypatch.setitem(HOOKS, "broken", broken)  # registered for this test only
     grid = tmp_path / "g.toml"
     grid.write_text("name = 'small'\nkind = 'toy'\n[grid]\nb = { range = [0, 6, 2] }\n")
     out = tmp_path / "out"
     code = main(["--quiet", "--grid", str(grid), "--out", str(out), "--export", "parquet", "--workers", "1"])
     stdout = capsys.readouterr().out
     assert code == 0 and calls == [out]
-    assert "sweep small: 3 points" in stdout and "figures:" in stdout
+    assert "sweep small: 3 points" in stdout and f"figures: {out / 'figures'}" in stdout
+    assert "broken:  failed (RuntimeError: no display)" in stdout  # a failing hook is a line, not a lost sweep
     assert list(pd.read_parquet(out / "points.parquet")["b"]) == [0, 2, 4]
     assert len(pd.read_parquet(out / "history.parquet")) == 9
     assert load_grid(grid).name == "small"
+    calls.clear()
+    assert main(["--quiet", "--grid", str(grid), "--out", str(out), "--no-hooks", "--workers", "1"]) == 0
+    assert calls == []
+
+
+# -- plugins -------------------------------------------------------------------------------------
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_the_sweep_core_imports_no_domain_module():
+    proc = _fresh_python("import sys, synthmodel.sweep, synthmodel.sweep.cli\n"
+                         "domains = ('synthmodel.train', 'synthmodel.batched', 'synthmodel.dynamics', "
+                         "'synthmodel.population', 'figures', 'experiments', 'real_data')\n"
+                         "print(sorted(m for m in sys.modules if m.split('.')[0] in domains or m in domains))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_entry_points_register_kinds_presets_and_hooks_on_first_lookup():
+    proc = _fresh_python("import json\nfrom synthmodel.sweep import HOOKS, KINDS, GRID_PRESETS, get_kind\n"
+                         "assert 'train' not in KINDS and not GRID_PRESETS and not HOOKS\n"
+                         "get_kind('train')\n"
+                         "print(json.dumps([sorted(KINDS), sorted(GRID_PRESETS), sorted(HOOKS)]))")
+    assert proc.returncode == 0, proc.stderr
+    kinds, presets, hooks = json.loads(proc.stdout)
+    assert {"train", "dynamics", "theory"} <= set(kinds)
+    assert {"paper-theory", "paper-dynamics", "dynamics-epochs", "dynamics-eps", "dynamics-soft"} <= set(presets)
+    assert {"figures", "tables"} <= set(hooks)
+
+
+def test_complete_default_params_are_those_stores_were_written_with(monkeypatch):
+    # sha256 of the complete default params of each kind, hashed with code version 0.1.1: the values synthmodel
+    # 0.1.1 computed, before the kinds' tables were derived from their configurations (unchanged params keep the
+    # points' identities)
+    # (and store schema 1: the schema number is part of the hash, and schema 2 only added columns)
+    monkeypatch.setattr(kinds, "STORE_SCHEMA", 1)
+    for kind, digest in (("train", "bbc326eb2b128653954769abe6d0a265"),
+                         ("dynamics", "4d97bcd6b6cde6916fce467fad5dca27")):
+        assert point_hash(kind, normalize_params(get_kind(kind), {}), "0.1.1") == digest
+
+
+def test_register_hook_refuses_a_taken_name(monkeypatch):
+    monkeypatch.setitem(HOOKS, "mine", lambda out_dir: None)
+    with pytest.raises(ValueError, match="already registered"):
+        register_hook("mine", lambda out_dir: "another")
+    register_hook("mine", print, replace=True)
+    assert HOOKS["mine"] is print
+
+
+def test_cli_plugin_that_does_not_exist(tmp_path, capsys):
+    code, _, stderr = _run_main(capsys, "--plugin", "no_such_module_here", "--list")
+    assert code == 2 and stderr.count("\n") == 1 and "no_such_module_here" in stderr
 
 
 def test_dry_run_into_a_pipe_closed_early_prints_its_count_first_and_no_traceback(tmp_path):

@@ -109,3 +109,17 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"format": "other"}, path)
     with pytest.raises(ValueError, match="not written by synthmodel"):
         load_checkpoint(path)
+
+
+def test_cli_flags_are_the_config_fields():
+    from synthmodel.schema import fields_of, from_namespace
+    from synthmodel.train import TrainConfig, build_parser
+
+    parser = build_parser()
+    flags = {opt for action in parser._actions for opt in action.option_strings}
+    assert {f"--{f.name.replace('_', '-')}" for f in fields_of(TrainConfig)} <= flags
+    config = from_namespace(TrainConfig, parser.parse_args(["--no-bias", "--hidden", "8", "4", "--k", "5",
+                                                            "--preset", "ring-K", "--schedule", "cosine"]))
+    assert config == TrainConfig(bias=False, hidden=(8, 4), k=5, preset="ring-K", schedule="cosine")
+    text = " ".join(parser.format_help().split())  # argparse wraps lines
+    assert "(default: 0.25 input units)" in text and "PGD step in training (input units) (default: eps / 4)" in text

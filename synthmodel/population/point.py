@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..schema import Bounds, from_mapping, option, param_table
+from ..schema import REQUIRED, Bounds, from_mapping, option, param_table
 from ..spec import make_preset
 from .accuracy import population_cas, robust_accuracy
 from .engine import optimal_weights, robust_loss, threshold
@@ -18,9 +18,6 @@ from .formalisation import FORMALISATION_ATTACKS, LOSSES, NORMS, OBJECTIVES, WEI
 from .registry import supports
 
 __all__ = ["TheoryPoint", "THEORY_DEFAULTS", "theory_table", "validate_theory_params", "theory_point", "KIND"]
-
-_REQUIRED = dataclasses.MISSING
-
 
 def _preset_ok(value: str) -> bool:
     return value == "paper3" or (value.startswith("all-but-one-") and value.removeprefix("all-but-one-").isdigit())
@@ -30,10 +27,10 @@ def _preset_ok(value: str) -> bool:
 class TheoryPoint:
     """One point of the population theory: a world, a radius and a formalisation (docs/DEFINITIONS.md)."""
 
-    preset: str = option(_REQUIRED, "world", check=_preset_ok, rule="(paper3 | all-but-one-K, K a number)")
-    mu: float = option(_REQUIRED, "feature mean", bounds=Bounds(low=0, low_open=True))
-    sigma: float = option(_REQUIRED, "feature standard deviation", bounds=Bounds(low=0, low_open=True))
-    eps: float = option(_REQUIRED, "perturbation radius", units="input units", bounds=Bounds(low=0))
+    preset: str = option(REQUIRED, "world", check=_preset_ok, rule="(paper3 | all-but-one-K, K a number)")
+    mu: float = option(REQUIRED, "feature mean", bounds=Bounds(low=0, low_open=True))
+    sigma: float = option(REQUIRED, "feature standard deviation", bounds=Bounds(low=0, low_open=True))
+    eps: float = option(REQUIRED, "perturbation radius", units="input units", bounds=Bounds(low=0))
     alpha: float = option(0.0, "label smoothing", bounds=Bounds(low=0, high=1, high_open=True))
     attack: str = option("logitwise", "attack formalisation", choices=FORMALISATION_ATTACKS)
     norm: str = option("linf", "threat model", choices=NORMS)

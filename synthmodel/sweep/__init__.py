@@ -1,11 +1,14 @@
 """Resumable parameter sweeps: ``python -m synthmodel.sweep --preset paper-theory``.
 
-A *grid* (a preset or a TOML file) names points; each point is one call of a *point kind*
-(``train``: a finite-sample training run; ``theory``: the exact population engine; or any kind
-registered with :func:`register_kind`). Results go to one SQLite store per output folder, keyed by a
-hash of each point's full configuration and the code version, so a rerun computes only what is missing.
-Executors: a local process pool (default) or Dask (a LocalCluster, or an existing cluster via
-``--scheduler``). Linear-model training points are batched into one tensor computation.
+A *grid* (a preset or a TOML file) names points; each point is one call of a *point kind*. Results go to
+one SQLite store per output folder, keyed by a hash of each point's full configuration and the code
+version, so a rerun computes only what is missing. Executors: a local process pool (default) or Dask (a
+LocalCluster, or an existing cluster via ``--scheduler``). Points a kind can batch (linear-model training)
+run as one tensor computation.
+
+The sweep core names no domain: point kinds (``train``, ``dynamics``, ``theory``), presets and post-run
+hooks (figures, tables) are registered by the modules that define them, loaded as plugins
+(:mod:`synthmodel.sweep.plugins`: the ``crossclass.sweep`` entry points, and ``--plugin MODULE``).
 
 Public API::
 
@@ -17,14 +20,16 @@ Public API::
 Format of grid files and of the store: docs/SWEEP.md.
 """
 
-from .grid import PRESETS, Grid, GridError, Point, Preset, expand_grid, load_grid, preset_grid, register_preset
+from .grid import GRID_PRESETS, Grid, GridError, Point, Preset, expand_grid, load_grid, preset_grid, register_preset
 from .kinds import HISTORY_KEY, KINDS, STORE_SCHEMA, Param, PointKind, get_kind, point_hash, register_kind
+from .plugins import HOOKS, load_entry_points, load_plugins, register_hook, run_hooks
 from .runner import EXECUTORS, SweepSummary, plan_tasks, run_sweep, run_task
 from .store import STORE_FILE, Store, StoreError, export, read_history, read_points
 
 __all__ = [
-    "PRESETS", "Grid", "GridError", "Point", "Preset", "expand_grid", "load_grid", "preset_grid", "register_preset",
-    "HISTORY_KEY", "KINDS", "STORE_SCHEMA", "Param", "PointKind", "get_kind", "point_hash", "register_kind",
+    "GRID_PRESETS", "Grid", "GridError", "Point", "Preset", "expand_grid", "load_grid", "preset_grid",
+    "register_preset", "HISTORY_KEY", "KINDS", "STORE_SCHEMA", "Param", "PointKind", "get_kind", "point_hash",
+    "register_kind", "HOOKS", "load_entry_points", "load_plugins", "register_hook", "run_hooks",
     "EXECUTORS", "SweepSummary", "plan_tasks", "run_sweep", "run_task",
     "STORE_FILE", "Store", "StoreError", "export", "read_history", "read_points", "main",
 ]

@@ -3,61 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
 from ..cli import ArgumentParser
-from .grid import DEFAULT_MAX_POINTS, PRESETS, Grid, load_grid, preset_grid
+from .grid import DEFAULT_MAX_POINTS, GRID_PRESETS, Grid, load_grid, preset_grid
 from .kinds import KINDS
+from .plugins import HOOKS, load_plugins, run_hooks
 from .runner import EXECUTORS, run_sweep
 from .store import STORE_FILE, StoreError, export, grid_statuses
 
-__all__ = ["build_parser", "main", "load_plugins", "render_figures", "DEFAULT_PLUGINS"]
-
-# modules that register presets or kinds when present (the integrator adds to this list)
-DEFAULT_PLUGINS = ("synthmodel.dynamics",)
-
-
-def load_plugins(names) -> None:
-    """Import modules that register point kinds / presets. A default plugin that is absent is skipped."""
-    for name in DEFAULT_PLUGINS:
-        try:
-            present = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            present = False
-        if present:
-            importlib.import_module(name)
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            raise ValueError(f"--plugin {name}: module not found ({exc.name})") from None
-
-
-def render_figures(out_dir: Path) -> str | None:
-    """Regenerate the figures of a store via ``figures.render_store(out_dir)`` when that package exists.
-
-    Returns a line for the summary, or None when there is no figures package (skipped silently).
-    """
-    try:
-        present = importlib.util.find_spec("figures") is not None
-    except (ModuleNotFoundError, ValueError):
-        present = False
-    if not present:
-        return None
-    figures = importlib.import_module("figures")
-    render = getattr(figures, "render_store", None)
-    if render is None:
-        return None
-    try:
-        where = render(out_dir)
-    except Exception as exc:  # the sweep's results are safe; a figure problem must not hide them
-        return f"not regenerated ({type(exc).__name__}: {exc})"
-    return str(where) if where is not None else "regenerated"
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,18 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", choices=("csv", "parquet", "none"), default="csv",
                    help="table written next to the store at the end (default csv); with neither --preset nor "
                         "--grid, only export the store in --out")
-    p.add_argument("--no-figures", action="store_true", help="do not regenerate figures at the end")
+    p.add_argument("--no-hooks", "--no-figures", dest="no_hooks", action="store_true",
+                   help="skip the post-run hooks (figures, tables) at the end")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (it may register point kinds and presets); repeatable")
+                   help="import MODULE first (it may register point kinds, presets and post-run hooks); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def _listing() -> str:
     lines = ["presets:"]
-    lines += [f"  {name:<20} {PRESETS[name].description}" for name in sorted(PRESETS)]
+    lines += [f"  {name:<20} {GRID_PRESETS[name].description}" for name in sorted(GRID_PRESETS)]
     lines.append("point kinds:")
     lines += [f"  {name:<20} {KINDS[name].description}" for name in sorted(KINDS)]
+    lines.append("post-run hooks: " + (", ".join(HOOKS) or "none"))
     return "\n".join(lines)
 
 
@@ -161,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished points are in the store; rerun the same command to resume", file=sys.stderr)
         return 130
-    if not args.no_figures:
-        summary.figures = render_figures(out_dir)
+    if not args.no_hooks:
+        summary.hooks = run_hooks(out_dir)
     print("\n".join(summary.lines()))
     if summary.errors:  # the grid is not complete: scripts and CI must see it
         print(summary.failure_line(), file=sys.stderr)

@@ -36,7 +36,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["GridError", "Point", "Grid", "Preset", "PRESETS", "register_preset", "load_grid", "expand_grid",
+__all__ = ["GridError", "Point", "Grid", "Preset", "GRID_PRESETS", "register_preset", "load_grid", "expand_grid",
            "preset_grid", "DEFAULT_MAX_POINTS"]
 
 # Building and validating a point costs ~0.15-0.3 ms of CPU and 3-4 kB (theory and train kinds, docs/SWEEP.md),
@@ -250,49 +250,24 @@ class Preset:
         return spec
 
 
-PRESETS: dict[str, Preset] = {}
+GRID_PRESETS: dict[str, Preset] = {}  # name -> named grid; filled by the sweep plugins
 
 
 def register_preset(name: str, description: str, spec: Mapping[str, Any] | Callable[[], Mapping[str, Any]], *,
                     replace: bool = False) -> Preset:
-    """Add a named grid (other modules register theirs: e.g. the dynamics experiments)."""
-    if name in PRESETS and not replace:
+    """Add a named grid (experiment modules register theirs, e.g. :mod:`experiments.dynamics`)."""
+    if name in GRID_PRESETS and not replace:
         raise ValueError(f"preset {name!r} is already registered")
-    PRESETS[name] = Preset(name, description, spec)
-    return PRESETS[name]
+    GRID_PRESETS[name] = Preset(name, description, spec)
+    return GRID_PRESETS[name]
 
 
 def preset_grid(name: str, *, max_points: int | None = DEFAULT_MAX_POINTS) -> Grid:
-    """Validate and expand a registered preset."""
-    if name not in PRESETS:
-        raise GridError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
-    return expand_grid(PRESETS[name].grid_spec(), source=f"preset {name}", max_points=max_points)
+    """Validate and expand a registered preset (the sweep plugins are loaded first)."""
+    from .plugins import load_entry_points, missing_plugins_hint
 
-
-# paper-theory: the paper's world (paper3, mu = 1, sigma = 0.5) on the exact population engine, eps over
-# (0, mu/2) where Claim 1 lives, label smoothing alpha (Claim 3), the attack formalisations of DESIGN.md and
-# 'pgd' (what AT + label smoothing trains on: hard-label attack, smoothed loss there), l_inf. The weight
-# constraint is the engine's default; the engine's THEORY_PARAMS lists the others.
-register_preset("paper-theory", "population engine: eps x label smoothing x attack formalisation (paper3, linf)", {
-    "kind": "theory",
-    "fixed": {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "norm": "linf"},
-    "grid": {
-        "eps": {"linspace": [0.0, 0.5, 26]},        # input units; mu / 2 = 0.5 bounds Claim 1's range
-        "alpha": [0.0, 0.1, 0.2, 0.3],              # label smoothing
-        "attack": ["joint", "logitwise", "pgd"],
-    },
-})
-
-# the three training-dynamics experiments of docs/EXPERIMENTS.md (synthmodel.dynamics names the set-ups)
-def _dynamics_spec(experiment: str | None) -> Callable[[], Mapping[str, Any]]:
-    def spec() -> Mapping[str, Any]:
-        from ..dynamics import all_points, experiment_points
-
-        return {"kind": "dynamics", "points": all_points() if experiment is None else experiment_points(experiment)}
-
-    return spec
-
-
-for _name, _experiment in (("dynamics-epochs", "epochs"), ("dynamics-eps", "eps"), ("dynamics-soft", "soft")):
-    register_preset(_name, f"dynamics experiment '{_experiment}' (docs/EXPERIMENTS.md)", _dynamics_spec(_experiment))
-register_preset("paper-dynamics", "all three training-dynamics experiments (docs/EXPERIMENTS.md)", _dynamics_spec(None))
+    load_entry_points()
+    if name not in GRID_PRESETS:
+        raise GridError(f"unknown preset {name!r}; choose from {', '.join(sorted(GRID_PRESETS))}"
+                        f"{missing_plugins_hint()}")
+    return expand_grid(GRID_PRESETS[name].grid_spec(), source=f"preset {name}", max_points=max_points)

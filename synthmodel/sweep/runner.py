@@ -384,7 +384,7 @@ class SweepSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     exports: list[Path] = field(default_factory=list)
-    figures: str | None = None
+    hooks: dict[str, str] = field(default_factory=dict)  # post-run hook name -> its line (synthmodel.sweep.plugins)
 
     def lines(self) -> list[str]:
         others = f", {self.by_others} by another run at the same time" if self.by_others else ""
@@ -392,8 +392,7 @@ class SweepSummary:
                f"{self.computed} computed now{others}, {self.failed} failed ({self.seconds:.1f} s)",
                f"store:   {self.out_dir / 'sweep.sqlite'}"]
         out += [f"table:   {path}" for path in self.exports]
-        if self.figures:
-            out.append(f"figures: {self.figures}")
+        out += [f"{name + ':':<8} {line}" for name, line in self.hooks.items()]
         if self.errors:
             out.append(f"failures: {self.failure_line()}:")
             out += [f"  {h[:12]}  {e}" for h, e in self.errors[:5]]

@@ -1,4 +1,5 @@
-"""Is the history's PGD-20 robust accuracy faithful for the dynamics MLPs? (docs/EXPERIMENTS.md, "Checks")
+"""Is the history's PGD-20 robust accuracy faithful for the dynamics MLPs? (a research log; docs/EXPERIMENTS.md,
+"Checks")
 
 Trains a few dynamics points (seed 0) and evaluates their best and last checkpoints with PGD-20 as in
 training (from the history) and with a stronger attack: PGD-100 (step eps/20) with cross-entropy and
@@ -9,15 +10,16 @@ paper3 MLP eps 0.2 best/last 0.422/0.257 -> 0.405/0.249; eps 0.3 0.276/0.169 -> 
 eps 0.5 0.388/0.388 -> 0.363/0.363; ring-10 MLP eps 0.5 0.618/0.613 -> 0.566/0.567;
 ring-10 AT + label smoothing 0.2 eps 0.1 0.540/0.412 -> 0.492/0.371.
 
-Command: ``OMP_NUM_THREADS=1 python benchmarks/dynamics_attack_check.py``
+Command: ``OMP_NUM_THREADS=1 python -m experiments.attack_check``
 """
 
 from __future__ import annotations
 
 import torch
 
+from experiments.dynamics import SETUP
 from synthmodel import attacks as atk
-from synthmodel.dynamics import SETUP, run_dynamics
+from synthmodel.dynamics import run_dynamics
 from synthmodel.sample import derive_seed, sample
 from synthmodel.train import DTYPES, build_world
 
