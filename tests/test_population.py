@@ -338,10 +338,13 @@ def test_theory_kind_keeps_the_point_hashes_and_checks_new_keys():
     # the point kind is the TheoryPoint dataclass now; its table has no defaults, so a grid's hash covers exactly
     # the keys it gives: the paper-theory preset hashes as before (first point pinned from the tuple-table code)
     from synthmodel.sweep import kinds
-    from synthmodel.sweep.grid import PRESETS, expand_grid
+    from synthmodel.sweep.grid import expand_grid, preset_grid
     from synthmodel.sweep.kinds import get_kind, normalize_params
 
-    grid = expand_grid(PRESETS["paper-theory"].grid_spec(), source="test", code_version="fixed")
+    preset_grid("paper-theory")  # loads the sweep plugins (the preset lives in experiments.theory)
+    from synthmodel.sweep.grid import GRID_PRESETS
+
+    grid = expand_grid(GRID_PRESETS["paper-theory"].grid_spec(), source="test", code_version="fixed")
     first = grid.points[0]
     assert len(grid.points) == 312
     assert first.params == {"preset": "paper3", "mu": 1.0, "sigma": 0.5, "eps": 0.0, "alpha": 0.0, "attack": "joint",

@@ -117,12 +117,14 @@ def test_fit_epoch_gives_one_loss_per_member_of_an_ensemble():
 
 # -- objectives ----------------------------------------------------------------------------------
 def test_registry_and_unknown_names():
-    assert set(OBJECTIVES) == {"standard", "at", "trades", "logitwise"}
+    assert set(OBJECTIVES) == {"standard", "at", "trades", "logitwise", "scorewise"}
     assert make_objective("trades", beta=2.0).beta == 2.0
     with pytest.raises(ValueError, match="unknown objective 'awp'"):
         make_objective("awp")
-    with pytest.raises(ValueError, match="linear models only"):
-        make_objective("logitwise").loss(_learner(nn.Linear(2, 2)), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    for closed_form in ("logitwise", "scorewise"):
+        with pytest.raises(ValueError, match="linear models only"):
+            make_objective(closed_form).loss(_learner(nn.Linear(2, 2)), torch.zeros(1, 2),
+                                             torch.zeros(1, dtype=torch.long))
 
 
 def test_adversarial_and_trades_without_a_threat_model_are_standard_training():

@@ -260,7 +260,8 @@ def inspect_store(path: str | Path, *, code_version: str | None = None, grid_nam
             if deep:
                 if not _live_runs(path.parent):
                     _check_wal(path)
-                problems = [row[0] for row in con.execute("PRAGMA quick_check(3)").fetchall()]
+                # a problem may span lines ("*** in database main ***\nPage 84: ..."): one line each, for the error line
+                problems = [" ".join(str(row[0]).split()) for row in con.execute("PRAGMA quick_check(3)").fetchall()]
                 if problems != ["ok"]:
                     raise StoreError(f"the store {path} is damaged (quick_check: {'; '.join(problems)}); copy what "
                                      "you need out of it and use another --out")
