@@ -20,7 +20,8 @@ instead of channels_last; 2 threads instead of 1 (``torch.set_num_threads``); an
 as one batched network pays: E small CNNs as one network with grouped convolutions (each model its own
 channel block, batch norm per channel, so the E trainings are separate in the mathematics) and with
 ``torch.func.vmap`` over stacked parameters (whose convolution batching rule is itself a grouped
-convolution), one attack step (forward + input gradient) each, against E single-model steps.
+convolution), one AT batch each (the attack's steps with input gradients, the training step with weight
+gradients), against E single-model batches.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from real_data.train import TrainConfig, Trainer  # noqa: E402
 from synthmodel.sample import derive_seed  # noqa: E402
 
 # the preset's training set-up (experiments.paper_fmnist.SETUP once it is registered there)
-SETUP = {"arch": "small-cnn", "width": 16, "train_n": 1000, "batch_size": 32, "steps": 10, "eps": 8.0,
-         "step_size": 2.0, "augment": False}
+SETUP = {"arch": "small-cnn", "width": 16, "train_n": 500, "batch_size": 32, "steps": 10, "eps": 8.0,
+         "step_size": 2.0, "augment": False, "eval_n": 500, "eval_steps": 10}
 
 
 def _clock() -> tuple[float, float]:
@@ -133,13 +134,14 @@ class GroupedSmallCNN(nn.Module):
         return torch.einsum("nef,ekf->enk", features, self.head_weight) + self.head_bias[:, None, :]
 
 
-def batched_step_ratio(config: TrainConfig, members: int, threads: int, repeats: int = 5) -> dict[str, float]:
-    """ms per model of one attack step (forward + input gradient, train-mode BN) for E single models, E models
-    as one grouped network, and E models through torch.func.vmap; the grouped network is checked equal first."""
+def batched_at_batch(config: TrainConfig, members: int, repeats: int = 3) -> dict[str, float]:
+    """ms per model of one AT batch (``config.steps`` PGD steps with input gradients, then the training step's
+    weight gradients; batch norm in train mode) for E single models, E models as one grouped network, and E
+    models through torch.func.vmap. The grouped network is checked equal to its members first."""
     from torch.func import functional_call, grad, stack_module_state, vmap
 
-    torch.set_num_threads(threads)
     n, generator = config.batch_size, torch.Generator().manual_seed(0)
+    eps, step = config.eps_pixels, config.step_pixels
     models = [build_arch("small-cnn", n_classes=10, in_channels=1, mean=(0.286,), std=(0.353,), seed=s,
                          width=config.width).to(memory_format=torch.channels_last) for s in range(members)]
     x = torch.rand(members, n, 1, 28, 28, generator=generator)
@@ -150,14 +152,26 @@ def batched_step_ratio(config: TrainConfig, members: int, threads: int, repeats:
         reference = torch.stack([m(x[e].contiguous(memory_format=torch.channels_last)) for e, m in enumerate(models)])
         assert torch.allclose(grouped(x_grouped), reference, atol=1e-4), "grouped network differs from its members"
 
+    def at_batch(model, inputs, labels):
+        model.train()
+        delta = torch.zeros_like(inputs)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for _ in range(config.steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(inputs + delta).reshape(-1, 10), labels.reshape(-1), reduction="sum")
+            (gradient,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + step * gradient.sign()).clamp(-eps, eps)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        F.cross_entropy(model(inputs + delta).reshape(-1, 10), labels.reshape(-1)).backward()
+
     def singles():
         for e, m in enumerate(models):
-            xe = x[e].contiguous(memory_format=torch.channels_last).requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(m(xe), y[e], reduction="sum"), xe)
+            at_batch(m, x[e].contiguous(memory_format=torch.channels_last), y[e])
 
     def as_one():
-        xg = x_grouped.clone().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(grouped(xg).reshape(-1, 10), y.reshape(-1), reduction="sum"), xg)
+        at_batch(grouped, x_grouped, y)
 
     params, buffers = stack_module_state(models)
     skeleton = build_arch("small-cnn", n_classes=10, in_channels=1, mean=(0.286,), std=(0.353,),
@@ -166,10 +180,13 @@ def batched_step_ratio(config: TrainConfig, members: int, threads: int, repeats:
     def member_loss(p, b, xe, ye):
         return F.cross_entropy(functional_call(skeleton, (p, b), (xe,)), ye, reduction="sum")
 
-    input_grad = vmap(grad(member_loss, argnums=2))
+    input_grad, weight_grad = vmap(grad(member_loss, argnums=2)), vmap(grad(member_loss, argnums=0))
 
     def vmapped():
-        input_grad(params, buffers, x, y)
+        delta = torch.zeros_like(x)
+        for _ in range(config.steps):
+            delta = (delta + step * input_grad(params, buffers, x + delta, y).sign()).clamp(-eps, eps)
+        weight_grad(params, buffers, x + delta, y)
 
     out = {}
     for name, fn in (("single", singles), ("grouped", as_one), ("vmap", vmapped)):
@@ -181,7 +198,17 @@ def batched_step_ratio(config: TrainConfig, members: int, threads: int, repeats:
     return out
 
 
-MEASUREMENTS = ("official", "real_data", "contiguous", "default-allocator", "two-threads")
+MEASUREMENTS = ("official", "real_data", "contiguous", "default-allocator", "two-threads", "evaluation",
+                "evaluation-default-allocator")
+
+
+def evaluation_epoch(config: TrainConfig, data: ImageData) -> tuple[float, float]:
+    """CPU and wall seconds of one per-epoch test evaluation (PGD, CAS) as the preset runs it, after a warm-up."""
+    trainer = Trainer(config, data, torch.device("cpu"))
+    trainer.evaluate_test()
+    start = _clock()
+    trainer.evaluate_test()
+    return _since(start)
 
 
 def measure(name: str, config: TrainConfig, data: ImageData) -> tuple[float, float]:
@@ -191,11 +218,11 @@ def measure(name: str, config: TrainConfig, data: ImageData) -> tuple[float, flo
     torch.set_num_threads(2 if name == "two-threads" else 1)
     if name == "official":
         return official_epoch(config, data)
-    if name == "default-allocator":
+    if name.endswith("default-allocator"):
         trainer_module.tune_allocator = lambda: False
     if name == "contiguous":
         config = dataclasses.replace(config, memory_format="contiguous")
-    return trainer_epoch(config, data)
+    return evaluation_epoch(config, data) if name.startswith("evaluation") else trainer_epoch(config, data)
 
 
 def _run_measurement(name: str, argv: list[str]) -> tuple[float, float]:
@@ -236,18 +263,25 @@ def main() -> int:
     ours = times["real_data"][0]
     labels = {"official": "official style", "real_data": "real_data (defaults)",
               "contiguous": "real_data, contiguous memory", "default-allocator": "real_data, glibc's default malloc",
-              "two-threads": "real_data, 2 threads"}
+              "two-threads": "real_data, 2 threads", "evaluation": "its test evaluation (defaults)",
+              "evaluation-default-allocator": "its test evaluation, default malloc"}
     for name, (cpu, wall) in times.items():
-        print(f"{labels[name]:<36} {cpu:7.2f} CPU s {wall:7.2f} s wall  {args.train_n / cpu:6.0f} img/CPU s  "
-              f"CPU s / real_data's {cpu / ours:5.2f}")
+        evaluation = name.startswith("evaluation")
+        if name == "evaluation":
+            print(f"per-epoch test evaluation: {config.eval_n} images, PGD-{config.eval_steps}, batch "
+                  f"{config.eval_batch_size}, CAS on its inputs")
+        images, reference = (config.eval_n, times["evaluation"][0]) if evaluation else (args.train_n, ours)
+        print(f"{labels[name]:<36} {cpu:7.2f} CPU s {wall:7.2f} s wall  {images / cpu:6.0f} img/CPU s  "
+              f"CPU s / default's {cpu / reference:5.2f}")
     print(f"speed-up against the official-style loop: {times['official'][0] / ours:.2f}x in CPU seconds, "
           f"{times['official'][1] / times['real_data'][1]:.2f}x in wall time (target >= 1.5x)")
     if not args.skip_settings:
         torch.set_num_threads(1)
-        step = batched_step_ratio(config, args.members, 1)
-        print(f"{args.members} seeds as one network, one attack step, ms per model: single {step['single']:.1f}, "
-              f"grouped convolutions {step['grouped']:.1f} ({step['single'] / step['grouped']:.2f}x), "
-              f"torch.func.vmap {step['vmap']:.1f} ({step['single'] / step['vmap']:.2f}x)")
+        step = batched_at_batch(config, args.members)
+        print(f"{args.members} seeds as one network, one AT batch ({args.steps} attack steps + training step), ms "
+              f"per model: single {step['single']:.1f}, grouped convolutions {step['grouped']:.1f} "
+              f"({step['single'] / step['grouped']:.2f}x), torch.func.vmap {step['vmap']:.1f} "
+              f"({step['single'] / step['vmap']:.2f}x)")
     return 0
 
 
