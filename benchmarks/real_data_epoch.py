@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from real_data.data import CIFAR10_MEAN, CIFAR10_STD, ImageData  # noqa: E402
+from real_data.data import CIFAR10_MEAN, CIFAR10_STD, Augmentation, ImageData  # noqa: E402
 from real_data.device import resolve_device  # noqa: E402
 from real_data.forwards import model_forwards  # noqa: E402
 from real_data.models import build_arch  # noqa: E402
@@ -75,29 +75,38 @@ def forward_flops(model: torch.nn.Module, shape: tuple[int, int, int]) -> float:
 
 
 class _PerImageDataset(torch.utils.data.Dataset):
-    """Official-style data path: one image at a time, numpy reflect pad + random crop + flip, to CHW float."""
+    """Official-style data path: one image at a time, numpy pad + random crop (+ flip), to CHW float.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int):
-        self.images, self.labels = images, labels
+    ``augmentation``: the data set's (real_data.data.AUGMENTATIONS): CIFAR's 4-px reflect padding and flip by
+    default, Fashion-MNIST's 2-px zero padding without flip.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, augmentation: Augmentation = Augmentation()):
+        self.images, self.labels, self.augmentation = images, labels, augmentation
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        image = np.pad(self.images[index], ((4, 4), (4, 4), (0, 0)), mode="reflect")
-        i, j = self.rng.integers(0, 9, size=2)
-        image = image[i:i + 32, j:j + 32]
-        if self.rng.random() < 0.5:
+        image, pad = self.images[index], self.augmentation.padding
+        height, width = image.shape[:2]
+        mode = "reflect" if self.augmentation.fill == "reflect" else "constant"
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode=mode)
+        i, j = self.rng.integers(0, 2 * pad + 1, size=2)
+        image = image[i:i + height, j:j + width]
+        if self.augmentation.flip and self.rng.random() < 0.5:
             image = image[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255, int(self.labels[index])
 
 
 def baseline_epoch(model, images: np.ndarray, labels: np.ndarray, device: torch.device, batch_size: int,
-                   steps: int, eps: float, step: float) -> int:
+                   steps: int, eps: float, step: float, augmentation: Augmentation = Augmentation(),
+                   lr: float = 0.1) -> int:
     """Official-style AT epoch: fp32, attack in train mode with loss.backward() (weight gradients too)."""
-    loader = torch.utils.data.DataLoader(_PerImageDataset(images, labels, 0), batch_size=batch_size, shuffle=True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loader = torch.utils.data.DataLoader(_PerImageDataset(images, labels, 0, augmentation), batch_size=batch_size,
+                                         shuffle=True)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     seen = 0
     model.train()
     for x, y in loader:

@@ -16,7 +16,7 @@ from real_data import cas, saliency
 from real_data import train as train_cli
 from real_data.checkpoints import model_from_checkpoint, read_checkpoint
 from real_data.data import load_dataset, to_float
-from real_data.evaluate import ThreatModel
+from real_data.evaluate import ThreatModel, evaluate
 from real_data.fixtures import write_cifar10, write_npz
 from synthmodel.attacks import pgd
 from synthmodel.attribution import attribution
@@ -63,6 +63,24 @@ def test_checkpoints_reload_to_the_same_function(at_run, cifar):
     log = pd.read_csv(at_run / "log.csv")
     assert best_epoch == int(log["epoch"][log["test_robust_acc"].idxmax()])
     assert blob["epoch"] == 2 and "optimizer" in blob and set(blob["rng"]) == {"shuffle", "augment", "attack"}
+
+
+def test_per_epoch_cas_is_the_checkpoints_cas_on_the_same_attack(at_run, cifar):
+    """The history's CAS (accumulated during the per-epoch test attack) equals CAS computed afresh from that
+    epoch's checkpoint with the same random starts: two computations of one quantity, same float64 sums."""
+    data = load_dataset(f"cifar10:{cifar}")
+    history = read_checkpoint(at_run / "last.pt")["history"]
+    log = pd.read_csv(at_run / "log.csv")
+    assert "class_matrix" not in log and log["cas"].tolist() == [r["cas"] for r in history]
+    for record in history:
+        model, _ = model_from_checkpoint(at_run / f"epoch_{record['epoch']:03d}.pt", data)
+        model.to(memory_format=torch.channels_last)  # the trainer's layout on CPU too (memory format auto)
+        generator = torch.Generator().manual_seed(derive_seed(0, "eval", record["epoch"]))
+        fresh = evaluate(model, data.x_test, data.y_test, ThreatModel(eps=8 / 255, steps=2), generator=generator,
+                         channels_last=True, with_attribution=True)
+        assert fresh.robust_acc == record["test_robust_acc"]
+        assert fresh.attribution.cas == record["cas"]
+        np.testing.assert_array_equal(fresh.attribution.matrix, np.array(record["class_matrix"]))
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(cifar, tmp_path, at_run):
@@ -215,3 +233,21 @@ def test_the_training_config_is_the_cli_and_refuses_bad_values_in_one_line(capsy
                        (["--milestones", "0"], "milestones=[0] is not allowed")):
         assert train_cli.main(["--dataset", "npz:/nonexistent.npz", "--out", "/tmp/never", "--quiet", *bad]) == 2
         assert words in _one_error_line(capsys)
+
+
+def test_cpu_epoch_benchmark_runs_with_a_tiny_size():
+    proc = subprocess.run([sys.executable, "benchmarks/real_data_cpu_epoch.py", "--train-n", "20", "--batch-size",
+                           "10", "--steps", "1", "--skip-settings"], capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "official style" in proc.stdout and "speed-up against the official-style loop" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cpu_epoch_benchmark_every_setting_and_the_batched_networks():
+    """All measurements, including the grouped-convolution network of 2 seeds (checked equal to its members)."""
+    proc = subprocess.run([sys.executable, "benchmarks/real_data_cpu_epoch.py", "--train-n", "20", "--batch-size",
+                           "10", "--steps", "1", "--members", "2"], capture_output=True, text=True, timeout=900,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "2 threads" in proc.stdout and "grouped convolutions" in proc.stdout and "torch.func.vmap" in proc.stdout
