@@ -214,6 +214,9 @@ def main() -> int:
     cmp.add_argument("new", type=Path)
     args = p.parse_args()
     if args.command == "record":
+        if args.out.exists():  # checked here, not with synthmodel.atomic: older versions record with this file too
+            print(f"error: {args.out} exists: record into a new folder", file=sys.stderr)
+            return 2
         record(args.out)
         return 0
     return compare(args.base, args.new)

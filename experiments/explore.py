@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from synthmodel.atomic import check_output_dir
 from synthmodel.cli import ArgumentParser
 from synthmodel.sweep import StoreError, expand_grid, read_history, read_points, run_sweep
 
@@ -134,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        check_output_dir(args.out, "--out")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for name in args.groups:
         try:
             summary = run_sweep(expand_grid(group_grid(name)), Path(args.out) / name, workers=args.workers,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from synthmodel.atomic import check_output_dir
 from synthmodel.cli import ArgumentParser
 
 from .catalog import FIGURES, render
@@ -44,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         stores += found
     out = Path(args.out)
     try:
+        check_output_dir(out, "--out")
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot write to {out}: {exc.strerror}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     made = render(Sources(stores=stores, real=[Path(r) for r in args.real]), out, args.only,
                   log=lambda line: print(line, file=sys.stderr))

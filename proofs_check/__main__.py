@@ -9,6 +9,7 @@ import sys
 
 from synthmodel.cli import ArgumentParser
 from synthmodel.population import FORMALISATION_ATTACKS, WEIGHTS, Formalisation, world_from
+from synthmodel.population.formalisation import scale_problem
 
 from .claims import check_claim2, check_formalisation, formalisations
 from .derivations import first_order_condition, worst_case
@@ -23,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weight constraint, objective), computed by the exact population engine.")
     p.add_argument("--preset", default="paper3",
                    help="paper3 | all-but-one-K (any K >= 3; rows the engine cannot compute say 'not computed')")
-    p.add_argument("--mu", type=float, default=1.0, help="feature mean, > 0 (default %(default)s)")
-    p.add_argument("--sigma", type=float, default=0.5, help="feature std, > 0 (default %(default)s)")
+    p.add_argument("--mu", type=float, default=1.0, help="feature mean, in [0.001, 1000] (default %(default)s)")
+    p.add_argument("--sigma", type=float, default=0.5, help="feature std, in [0.001, 1000] (default %(default)s)")
     p.add_argument("--alpha", type=float, default=None,
                    help=f"label smoothing for claim 3, in (0, 1) (default {DEFAULT_ALPHA}; not with --teacher)")
     p.add_argument("--weight-decay", type=float, default=0.01,
@@ -53,6 +54,9 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be finite and > 0, got {value}")
+    problem = scale_problem(args.mu, args.sigma)
+    if problem:
+        raise ValueError(f"--{problem}")
     if args.teacher is not None and args.alpha is not None:
         raise ValueError("--alpha and --teacher both set claim 3's soft targets: give one of them")
     if args.alpha is not None and not (math.isfinite(args.alpha) and 0 < args.alpha < 1):

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthmodel.atomic import atomic_path, save_figure
+from synthmodel.atomic import atomic_path, check_output_dir, check_output_file, save_figure
 from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
 from synthmodel.sample import derive_seed
@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         backend = find_backend(args.autoattack_backend) if args.autoattack else None
         if backend is not None and eps == 0:
             raise ValueError("--autoattack needs eps > 0")
+        out = Path(args.out) if args.out else None
+        if out is not None:  # before anything is read or computed
+            check_output_dir(out, "--out")
+            for name in ("cas.csv", "heatmaps.png") if out.is_dir() else ():
+                check_output_file(out / name, "--out")
         data = load_dataset(args.dataset)
         if args.n > data.x_test.shape[0]:
             raise ValueError(f"--n {args.n} exceeds the {data.x_test.shape[0]} test images of {args.dataset}")
@@ -166,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         # load every checkpoint first: a bad file fails before any long computation
         loaded = [model_from_checkpoint(path, data, arch=args.arch, arch_options=options,
                                         normalization=args.input_normalization) for path in args.checkpoint]
-        out = Path(args.out) if args.out else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
     except ValueError as exc:

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from synthmodel.atomic import check_input_file
+
 from .data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, ImageData
 from .models import ImageClassifier, WideResNet, build_arch
 
@@ -166,9 +168,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: a missing, corrupt or unsafe file, or an unknown container (its keys named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+    path = check_input_file(path, "checkpoint")
     blob = _load(path)
     if isinstance(blob, Mapping) and blob.get("format") == CHECKPOINT_FORMAT:
         return {**blob, "container": "real_data checkpoint"}

@@ -40,12 +40,15 @@ import json
 import os
 import pickle
 import sys
+import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from synthmodel.atomic import check_input_file
 
 __all__ = ["ImageData", "Augmentation", "load_dataset", "parse_spec", "to_float", "augment", "read_idx",
            "pixel_statistics", "train_subset", "stratified_counts", "describe", "augmentation_defaults",
@@ -241,8 +244,12 @@ def _load_cifar100(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"npz file {path} does not exist; it must hold x_train, y_train, x_test, y_test")
+    check_input_file(path, "npz file")
+    if not zipfile.is_zipfile(path):  # else numpy reads it as a pickle and advises allow_pickle
+        raise ValueError(f"{path} is not a valid .npz file (not a zip archive of .npy arrays, as numpy.savez "
+                         "writes)")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             blob = {k: arrays[k] for k in arrays.files}
@@ -253,6 +260,8 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         raise ValueError(f"{path} lacks the arrays {', '.join(missing)}")
     for split in ("train", "test"):
         x, y = blob[f"x_{split}"], blob[f"y_{split}"]
+        if x.ndim >= 1 and x.shape[0] == 0:
+            raise ValueError(f"{path}: x_{split} holds no images (0 rows)")
         if x.dtype != np.uint8 or x.ndim != 4 or min(x.shape) < 1:
             raise ValueError(f"{path}: x_{split} must be uint8 of shape (N, H, W, C), got {x.dtype} {x.shape}")
         if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
@@ -264,6 +273,9 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     if labels.min() < 0:
         raise ValueError(f"{path}: labels must be >= 0, got {int(labels.min())}")
     k = int(labels.max()) + 1
+    present = np.unique(blob["y_train"]).size
+    if present < 2:
+        raise ValueError(f"{path}: the training images hold {present} class; a classifier needs at least 2")
     names = _names(blob["class_names"]) if "class_names" in blob else tuple(str(i) for i in range(k))
     if len(names) < k:
         raise ValueError(f"{path}: {len(names)} class_names for labels up to {k - 1}")

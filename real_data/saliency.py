@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from synthmodel.atomic import save_figure
+from synthmodel.atomic import check_figure_suffix, check_output_file, save_figure
 from synthmodel.attacks import preserve_mode
 from synthmodel.cli import ArgumentParser
 
@@ -108,15 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        out = check_figure_suffix(check_output_file(args.out, "--out"), "--out")  # before anything is read
         device = resolve_device(args.device)
         data = load_dataset(args.dataset)
         n_test = data.x_test.shape[0]
         bad = [i for i in args.indices if not 0 <= i < n_test]
         if bad:
             raise ValueError(f"test indices {bad} outside [0, {n_test})")
-        out = Path(args.out)
-        if not out.resolve().parent.is_dir():
-            raise ValueError(f"output folder {out.parent} does not exist")
         options = {"width": args.width} if args.arch == "small-cnn" else {}
         models = [model_from_checkpoint(p, data, arch=args.arch, arch_options=options,
                                         normalization=args.input_normalization)[0].to(device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from synthmodel.atomic import atomic_path, write_text
+from synthmodel.atomic import atomic_path, check_output_dir, write_text
 from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
 from synthmodel.objectives import Learner, make_objective, target_loss
@@ -74,6 +75,7 @@ ATTACK_BN = ("auto", "train", "eval")
 _DEFAULT_EPS = {"linf": 8.0, "l2": 128.0}   # in 1/255 pixel units (the official code's units)
 _DEFAULT_STEP = {"linf": 2.0, "l2": 16.0}
 _PIXELS = "1/255 pixel units"
+_LINF_RANGE = 255.0  # pixels lie in [0, 255] of these units
 
 
 def _known_arch(name: str) -> bool:
@@ -190,6 +192,32 @@ class TrainConfig:
             raise ValueError("mode kd needs --teacher CHECKPOINT")
         if self.teacher and self.label_smoothing:
             raise ValueError("use either label smoothing or a teacher, not both")
+        if self.milestones is not None:
+            if self.schedule != "step":
+                raise ValueError(f"milestones apply to the step schedule, not {self.schedule!r}")
+            late = [m for m in self.milestones if m >= self.epochs]
+            if late:
+                raise ValueError(f"milestones {', '.join(map(str, late))} are beyond the {self.epochs} epochs (a "
+                                 f"milestone m lowers the rate from 0-based epoch m: it must be < epochs)")
+        if self.norm == Norm.LINF.value:  # the l2 limit depends on the image size: check_data
+            for name in ("eps", "step_size", "eval_step_size"):
+                value = getattr(self, name)
+                if value is not None and value > _LINF_RANGE:
+                    raise ValueError(f"{name}={value:g} is beyond the pixel range: pixels lie in [0, 255] "
+                                     f"({_PIXELS}), so an l_inf radius of {_LINF_RANGE:g} already reaches every image")
+        return self
+
+    def check_data(self, data: ImageData) -> TrainConfig:
+        """Raise ValueError naming the first setting the data set makes impossible (an l2 radius beyond the
+        images' diameter); returns the config."""
+        if self.norm == Norm.L2.value:
+            diameter = 255.0 * math.sqrt(math.prod(data.image_shape))  # of [0, 255]^(C H W), in 1/255 units
+            for name in ("eps", "step_size", "eval_step_size"):
+                value = getattr(self, name)
+                if value is not None and value > diameter:
+                    raise ValueError(f"{name}={value:g} is beyond the diameter of the {data.name} images "
+                                     f"({'x'.join(map(str, data.image_shape))}: 255 sqrt(C H W) = {diameter:.4g} "
+                                     f"{_PIXELS}): an l2 radius of it already reaches every image")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -428,6 +456,7 @@ def train(config: TrainConfig, out: str | Path, *, device: str = "auto", resume:
     if last.exists() and not resume:
         raise ValueError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     data = data if data is not None else load_dataset(config.dataset)
+    config.check_data(data)
     trainer = Trainer(config, data, torch_device, progress=progress)
     if resume and last.exists():
         trainer.restore(read_checkpoint(last), source=str(last))
@@ -478,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = from_namespace(TrainConfig, args)
+        config = from_namespace(TrainConfig, args).validate()
+        check_output_dir(args.out, "--out")  # before the data are read: a wrong place costs nothing
         outcome = train(config, args.out, device=args.device, resume=args.resume, stop_after=args.stop_after,
                         progress=not args.quiet)
     except ValueError as exc:

@@ -35,8 +35,16 @@ def _as_feature_vector(value: float | Sequence[float] | np.ndarray, n: int, name
     if arr.shape != (n,):
         raise ValueError(f"{name} must be a scalar or have one value per signal feature ({n}), got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite, got {arr.tolist()}")
+        raise ValueError(f"{name} must be finite, got {_values_text(arr, ~np.isfinite(arr))}")
     return arr
+
+
+def _values_text(values: np.ndarray, bad: np.ndarray) -> str:
+    """A per-feature vector in words: the value when every feature has it, else the offending features."""
+    if np.all(values == values[0]) or (np.all(np.isnan(values))):
+        return f"{values[0]:g} (every feature)"
+    index = np.flatnonzero(bad)
+    return ", ".join(f"{values[i]:g} (feature {i})" for i in index[:4]) + (" ..." if index.size > 4 else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +97,7 @@ class FeatureModel:
         mu = _as_feature_vector(self.mu, f, "mu")
         sigma = _as_feature_vector(self.sigma, f, "sigma")
         if np.any(sigma <= 0):
-            raise ValueError(f"sigma must be > 0, got {sigma.tolist()}")
+            raise ValueError(f"sigma must be > 0, got {_values_text(sigma, sigma <= 0)}")
         if not isinstance(self.noise_dims, (int, np.integer)) or self.noise_dims < 0:
             raise ValueError(f"noise_dims must be a non-negative integer, got {self.noise_dims!r}")
         noise_sigma = float(np.mean(sigma)) if self.noise_sigma is None else float(self.noise_sigma)

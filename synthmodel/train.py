@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attacks as atk
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, check_input_file, check_output_dir, check_output_file, write_text
 from .attribution import Attribution, attribution, attribution_ensemble
 from .cli import ArgumentParser
 from .losses import robust_objective
@@ -90,7 +90,7 @@ class TrainConfig:
                          group="world")
     k: int | None = option(None, "number of classes when the preset is spelled with K", bounds=Bounds(low=2),
                            none="the preset's", group="world")
-    mu: float = option(1.0, "mean of a present feature", units="input units", group="world")
+    mu: float = option(1.0, "mean of a present feature", units="input units", bounds=_POSITIVE, group="world")
     sigma: float = option(0.5, "standard deviation of a present feature", units="input units", bounds=_POSITIVE,
                           group="world")
     noise_dims: int = option(0, "extra pure-noise input dimensions", bounds=_NON_NEGATIVE, group="world")
@@ -147,7 +147,22 @@ class TrainConfig:
         if self.attack in CLOSED_FORM_ATTACKS and self.mode == Mode.TRADES.value:
             raise ValueError(f"attack {self.attack!r} applies to mode 'at' (TRADES needs an input-space attack)")
         build_world(self)  # validates the world parameters together
+        limit = eps_limit(self)
+        if self.eps > limit:
+            raise ValueError(f"eps={self.eps:g} is beyond {limit:.3g} = 1e-3 (mu + sigma) / {self.dtype}'s rounding "
+                             "unit: x + delta would keep less than 1e-3 of the inputs' scale")
+        if self.teacher:
+            self._check_teacher()
         return self
+
+    def _check_teacher(self) -> None:
+        """The teacher's world must have this run's input dimension and class count (its logits are the targets)."""
+        _, teacher_config = load_checkpoint(self.teacher)
+        mine, theirs = build_world(self), build_world(teacher_config)
+        if (mine.dim, mine.n_classes) != (theirs.dim, theirs.n_classes):
+            raise ValueError(f"teacher {self.teacher} was trained in another world: {_world_text(teacher_config)} "
+                             f"({theirs.n_classes} classes, {theirs.dim} inputs); this run's is "
+                             f"{_world_text(self)} ({mine.n_classes} classes, {mine.dim} inputs)")
 
     @property
     def objective(self) -> str:
@@ -167,6 +182,21 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """A config from a dict (a grid point, a checkpoint's config), every value checked."""
         return from_mapping(cls, data, what="training settings")
+
+
+def eps_limit(config: TrainConfig) -> float:
+    """The largest radius a run accepts: 1e-3 (mu + sigma) / (the dtype's rounding unit).
+
+    Beyond it ``x + delta`` keeps less than 1e-3 of the inputs' scale in the data type (float32: about
+    1.3e4 for the paper's world), so training and evaluation see rounding noise instead of the world; the
+    problem is settled long before, an l_inf adversary of radius mu erasing every feature.
+    """
+    return 1e-3 * (config.mu + config.sigma) / torch.finfo(DTYPES[config.dtype]).eps
+
+
+def _world_text(config: TrainConfig) -> str:
+    return config.preset + (f" (k={config.k})" if config.k else "") + (
+        f" + {config.noise_dims} noise dims" if config.noise_dims else "")
 
 
 def build_world(config: TrainConfig) -> FeatureModel:
@@ -390,9 +420,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: TrainConfig, *, 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
     """Rebuild the model of a checkpoint written by :func:`save_checkpoint` (safe: weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+    path = check_input_file(path, "checkpoint")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for corrupt files
@@ -486,21 +514,31 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = from_namespace(TrainConfig, args).validate()
-        if args.out and not Path(args.out).resolve().parent.is_dir():
-            raise ValueError(f"output folder {Path(args.out).parent} does not exist")
+        if args.out:  # every output place is checked before the run, which a wrong path would lose
+            check_output_file(args.out, "--out")
+        if args.save:
+            check_output_dir(args.save, "--save")
+            for name in ("best.pt", "last.pt") if Path(args.save).is_dir() else ():
+                check_output_file(Path(args.save) / name, "--save")
         result = train(config, progress=not args.quiet)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     payload = result.to_json()
     text = json.dumps(payload, indent=None if args.json else 2)
-    if args.out:
-        write_text(args.out, text + "\n")
-    if args.save:
-        out_dir = Path(args.save)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out_dir / "best.pt", result.model, config, state=result.best_state, epoch=result.best_epoch)
-        save_checkpoint(out_dir / "last.pt", result.model, config, epoch=config.epochs)
+    try:
+        if args.out:
+            write_text(args.out, text + "\n")
+        if args.save:
+            out_dir = Path(args.save)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(out_dir / "best.pt", result.model, config, state=result.best_state,
+                            epoch=result.best_epoch)
+            save_checkpoint(out_dir / "last.pt", result.model, config, epoch=config.epochs)
+    except OSError as exc:  # the place changed during the run: the results still reach stdout
+        print(text)
+        print(f"error: cannot write the outputs: {exc}", file=sys.stderr)
+        return 2
     print(text if args.json else _summary(result))
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..spec import FeatureModel
 from . import quadrature as _pq
-from .formalisation import Formalisation, World, world_from
+from .formalisation import Formalisation, World, check_eps, world_from
 from .registry import routine_for
 
 __all__ = ["QuadResult", "Threshold", "robust_loss", "loss_derivatives", "optimal_weights", "first_order_w2",
@@ -197,6 +197,7 @@ def robust_loss(world: FeatureModel | World | str, form: Formalisation, w1, w2, 
     """
     world = world_from(world)
     w1, w2, eps = _np_batch(w1, w2, eps)
+    check_eps(eps)
     levels = _levels_for(world, form, w1, w2)
     value, error, _, _ = _verified(world, form, w1, w2, eps, levels, tol)
     return QuadResult(value, error)
@@ -464,8 +465,7 @@ def optimal_weights(world: FeatureModel | World | str, form: Formalisation, eps,
     """
     world = world_from(world)
     eps = np.atleast_1d(np.asarray(eps, dtype=np.float64)).reshape(-1)
-    if np.any(~np.isfinite(eps)) or np.any(eps < 0):
-        raise ValueError("eps must be finite and >= 0")
+    check_eps(eps)
     routine_for(form, world.k)  # ValueError with the reason where nothing computes this formalisation
     if form.zero_one:  # scale-free: the certified direction, normalised as the constraint asks
         from .accuracy import optimal_ratio

@@ -14,6 +14,7 @@ import numpy as np
 from ..spec import FeatureModel, all_but_one_incidence, make_preset
 
 __all__ = ["FORMALISATION_ATTACKS", "NORMS", "WEIGHTS", "LOSSES", "OBJECTIVES", "ADVERSARIES", "World", "world_from",
+           "WORLD_SCALE", "MAX_EPS", "scale_problem", "check_eps",
            "Formalisation"]
 
 # attack formalisations (names used by the engine, proofs_check, the sweep's theory points and the figures)
@@ -35,13 +36,53 @@ WEIGHTS = {
 }
 
 
+# The range the engine is accurate in. The problem is scale-invariant (mu, sigma, eps -> c mu, c sigma, c eps
+# gives the optimal weights w / c), but the optimiser starts from unit-scale weights and stops on absolute
+# tolerances, and the quadrature picks its levels from sigma |w|: measured on paper3 (logitwise l_inf,
+# eps = 0.3 mu), the optimum at scales c in [1e-4, 1e3] is the unit world's to 1e-13, at c = 1e-6 it is off by
+# 3e-4 (silently), at c = 1e4 the quadrature refuses the start. Rescale a world outside the range.
+WORLD_SCALE = (1e-3, 1e3)
+# The Newton step's Hessian squares the radius (the margin's derivative d radius / dw - mu, outer products):
+# float64 overflows at sqrt(1.8e308) = 1.3e154, where the optimum turned into finite nonsense (measured: the
+# exact collapse w = 0 up to eps = 1e153, w = (2.83, 0.5) at 1e200). Every eps >= mu is a collapse for
+# l_inf already; the limit leaves room for K, mu and the weights in those products.
+MAX_EPS = 1e100
+
+
+def scale_problem(mu: float, sigma: float) -> str | None:
+    """Why (mu, sigma) is outside :data:`WORLD_SCALE`, or None."""
+    low, high = WORLD_SCALE
+    for name, value in (("mu", mu), ("sigma", sigma)):
+        if not (math.isfinite(value) and low <= value <= high):
+            return (f"{name}={value:g} is outside [{low:g}, {high:g}], the world scales the population engine is "
+                    "accurate for (the problem is scale-invariant: divide mu, sigma and eps by a common factor "
+                    "c and multiply the optimal weights by c)")
+    return None
+
+
+def check_eps(eps) -> None:
+    """ValueError unless every radius is finite and in [0, :data:`MAX_EPS`]."""
+    eps = np.asarray(eps, dtype=np.float64)
+    if eps.size and not (np.all(np.isfinite(eps)) and eps.min() >= 0 and eps.max() <= MAX_EPS):
+        bad = eps[~(np.isfinite(eps) & (eps >= 0) & (eps <= MAX_EPS))].reshape(-1)[0]
+        raise ValueError(f"eps={bad:g} is outside [0, {MAX_EPS:g}], the radii the population engine computes "
+                         "(its Newton step squares eps, float64 overflows at 1.3e154; every eps >= mu is "
+                         "already a collapse under l_inf)")
+
+
 @dataclass(frozen=True)
 class World:
-    """The parameters of an all-but-one-K world that the population quantities depend on."""
+    """The parameters of an all-but-one-K world that the population quantities depend on (mu and sigma in
+    :data:`WORLD_SCALE`)."""
 
     k: int
     mu: float
     sigma: float
+
+    def __post_init__(self) -> None:
+        problem = scale_problem(self.mu, self.sigma)
+        if problem:
+            raise ValueError(problem)
 
 
 def world_from(world: FeatureModel | str | World, mu: float | None = None, sigma: float | None = None) -> World:
@@ -56,6 +97,9 @@ def world_from(world: FeatureModel | str | World, mu: float | None = None, sigma
         for name, value in (("mu", mu), ("sigma", sigma)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
+        problem = scale_problem(1.0 if mu is None else mu, 0.5 if sigma is None else sigma)
+        if problem:
+            raise ValueError(problem)
         world = make_preset(world, mu=1.0 if mu is None else mu, sigma=0.5 if sigma is None else sigma)
     k = world.n_classes
     if world.incidence.shape != (k, 2 * k) or not np.array_equal(world.incidence, all_but_one_incidence(k)):

@@ -14,7 +14,17 @@ from ..schema import REQUIRED, Bounds, from_mapping, option, param_table
 from ..spec import make_preset
 from .accuracy import population_cas, robust_accuracy
 from .engine import optimal_weights, robust_loss, threshold
-from .formalisation import FORMALISATION_ATTACKS, LOSSES, NORMS, OBJECTIVES, WEIGHTS, Formalisation, world_from
+from .formalisation import (
+    FORMALISATION_ATTACKS,
+    LOSSES,
+    MAX_EPS,
+    NORMS,
+    OBJECTIVES,
+    WEIGHTS,
+    WORLD_SCALE,
+    Formalisation,
+    world_from,
+)
 from .registry import supports
 
 __all__ = ["TheoryPoint", "THEORY_DEFAULTS", "theory_table", "validate_theory_params", "theory_point", "KIND"]
@@ -28,9 +38,10 @@ class TheoryPoint:
     """One point of the population theory: a world, a radius and a formalisation (docs/DEFINITIONS.md)."""
 
     preset: str = option(REQUIRED, "world", check=_preset_ok, rule="(paper3 | all-but-one-K, K a number)")
-    mu: float = option(REQUIRED, "feature mean", bounds=Bounds(low=0, low_open=True))
-    sigma: float = option(REQUIRED, "feature standard deviation", bounds=Bounds(low=0, low_open=True))
-    eps: float = option(REQUIRED, "perturbation radius", units="input units", bounds=Bounds(low=0))
+    # the ranges the engine is accurate in (synthmodel.population.formalisation: WORLD_SCALE, MAX_EPS)
+    mu: float = option(REQUIRED, "feature mean", bounds=Bounds(*WORLD_SCALE))
+    sigma: float = option(REQUIRED, "feature standard deviation", bounds=Bounds(*WORLD_SCALE))
+    eps: float = option(REQUIRED, "perturbation radius", units="input units", bounds=Bounds(0, MAX_EPS))
     alpha: float = option(0.0, "label smoothing", bounds=Bounds(low=0, high=1, high_open=True))
     attack: str = option("logitwise", "attack formalisation", choices=FORMALISATION_ATTACKS)
     norm: str = option("linf", "threat model", choices=NORMS)

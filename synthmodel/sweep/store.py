@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path, check_output_dir
 from .kinds import STORE_SCHEMA, canonical_json, point_hash
 
 try:
@@ -304,8 +305,10 @@ class Store:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-        if not out_dir.is_dir() or not os.access(out_dir, os.W_OK | os.X_OK):
-            raise StoreError(f"output folder {out_dir} is not writable")
+        try:
+            check_output_dir(out_dir)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
         path = out_dir / STORE_FILE
         if path.exists() or path.is_symlink():
             inspect_store(path, code_version=code_version, grid_name=grid_name)
@@ -612,19 +615,16 @@ def export(store: str | Path, fmt: str) -> list[Path]:
         if frame.empty and name == "history":
             continue
         target = out_dir / f"{name}.{fmt}"
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # per process: runs may export at once
         try:
-            if fmt == "csv":
-                frame.to_csv(tmp, index=False)
-            else:
-                try:
-                    frame.to_parquet(tmp, index=False)
-                except ImportError as exc:
-                    raise ValueError(f"--export parquet needs pyarrow: {exc}") from None
-            tmp.replace(target)
+            with atomic_path(target) as tmp:  # a temporary per process: runs may export at once
+                if fmt == "csv":
+                    frame.to_csv(tmp, index=False)
+                else:
+                    try:
+                        frame.to_parquet(tmp, index=False)
+                    except ImportError as exc:
+                        raise ValueError(f"--export parquet needs pyarrow: {exc}") from None
         except OSError as exc:
             raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
         written.append(target)
     return written
