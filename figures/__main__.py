@@ -37,12 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}", file=sys.stderr)
         return 2
-    stores: list[Path] = []
-    for folder in args.store if args.store is not None else ["results"]:
-        found = discover_stores(Path(folder))
-        if not found and args.store is not None:
-            print(f"notice: no sweep store in {folder}", file=sys.stderr)
-        stores += found
     out = Path(args.out)
     try:
         check_output_dir(out, "--out")
@@ -50,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    stores: list[Path] = []
+    for folder in args.store if args.store is not None else ["results"]:
+        found = discover_stores(Path(folder))
+        if not found and args.store is not None:
+            print(f"notice: no sweep store in {folder}", file=sys.stderr)
+        stores += found
     made = render(Sources(stores=stores, real=[Path(r) for r in args.real]), out, args.only,
                   log=lambda line: print(line, file=sys.stderr))
     for name, files in made.items():

@@ -107,10 +107,18 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
     if path.exists() and not path.is_file():
         raise ValueError(f"{what} {path} is {_kind(path)}, not a file: give a file name")
     folder = path.resolve().parent
-    if not folder.is_dir():
-        raise ValueError(f"{what} {path}: folder {path.parent} does not exist" if not folder.exists() else
-                         f"{what} {path}: {path.parent} is {_kind(folder)}, not a folder")
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is {_kind(existing)}, not a folder")
+    if existing != folder:
+        raise ValueError(f"{what} {path}: folder {path.parent} does not exist")
     _probe_folder(folder, f"{what} {path}")
+    return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
     return path
 
 
@@ -123,9 +131,7 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is {_kind(path)}, not a folder")
-    existing = path.resolve()
-    while not existing.exists():  # the nearest ancestor that exists is where the folders would be created
-        existing = existing.parent
+    existing = _nearest_existing(path.resolve())  # where the folders would be created
     if not existing.is_dir():
         raise ValueError(f"{what} {path} cannot be created: {existing} is {_kind(existing)}, not a folder")
     _probe_folder(existing, f"{what} {path}")

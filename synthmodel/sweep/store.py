@@ -302,13 +302,13 @@ class Store:
             from .. import __version__ as code_version
         out_dir = Path(out_dir)
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-        try:
             check_output_dir(out_dir)
         except ValueError as exc:
             raise StoreError(str(exc)) from None
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
         path = out_dir / STORE_FILE
         if path.exists() or path.is_symlink():
             inspect_store(path, code_version=code_version, grid_name=grid_name)
