@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders written by python -m real_data.cas --out DIR")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="render only these figures")
     p.add_argument("--list", action="store_true", help="list the figures and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is no terminal)")
     return p
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if not found and args.store is not None:
             print(f"notice: no sweep store in {folder}", file=sys.stderr)
         stores += found
-    made = render(Sources(stores=stores, real=[Path(r) for r in args.real]), out, args.only,
+    made = render(Sources(stores=stores, real=[Path(r) for r in args.real], progress=not args.quiet), out, args.only,
                   log=lambda line: print(line, file=sys.stderr))
     for name, files in made.items():
         print(f"{name}: {', '.join(str(f) for f in files)}")

@@ -40,7 +40,7 @@ def render(sources: Sources, out: Path, only: list[str] | None = None, log=print
         try:
             made[name] = function(sources, out)
         except MissingData as exc:
-            log(f"skipped {name}: {exc}")
+            log(f"skipped {name}: {exc}" + (f"; its data: {exc.command}" if exc.command else ""))
     for notice in sources.notices:
         log(notice)
     return made

@@ -14,11 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["MissingData", "Sources", "discover_stores", "point_histories"]
+__all__ = ["MissingData", "Sources", "discover_stores", "point_histories", "THEORY_COMMAND", "DYNAMICS_COMMAND",
+           "REAL_COMMAND"]
 
 
 class MissingData(LookupError):
-    """The data a figure needs is not in the given sources."""
+    """The data a figure needs is not in the given sources; ``command`` is what produces that data."""
+
+    def __init__(self, message: str, command: str | None = None):
+        super().__init__(message)
+        self.command = command
+
+
+# the commands that produce each kind of data (printed beside a skipped figure)
+THEORY_COMMAND = "python -m synthmodel.sweep --preset paper-theory"
+DYNAMICS_COMMAND = "python -m synthmodel.sweep --preset paper-dynamics"
+REAL_COMMAND = ("python -m real_data.train --dataset cifar10:DIR --out runs/at && python -m real_data.cas "
+                "--checkpoint runs/at/best.pt runs/at/epoch_*.pt runs/at/last.pt --dataset cifar10:DIR "
+                "--out results/real-at && python -m figures --real results/real-at")
 
 
 def discover_stores(root: Path) -> list[Path]:
@@ -39,12 +52,16 @@ class Sources:
         real: folders written by ``python -m real_data.cas --out DIR`` (``cas.csv``, ``matrix_*.csv``).
         compute_missing: theory figures without theory points compute the paper's world instead of being
             skipped (``python -m figures``); a sweep's own figures render only what its store holds.
+        progress: show a progress bar while computing that world (on a terminal only).
+        computed: what was computed, kept for the next figure that needs it.
     """
 
     stores: list[Path] = field(default_factory=list)
     real: list[Path] = field(default_factory=list)
     compute_missing: bool = True  # compute theory figures with the population engine when no store has them
     notices: list[str] = field(default_factory=list)
+    progress: bool = False  # a progress bar (on a terminal) while the theory figures' data are computed
+    computed: dict = field(default_factory=dict, repr=False)  # data computed here, shared by the figures
 
     @cached_property
     def points(self) -> pd.DataFrame:
@@ -91,7 +108,8 @@ class Sources:
         for folder in self.real:
             table_path = folder / "cas.csv"
             if not table_path.is_file():
-                self.notices.append(f"skipped {folder}: no cas.csv (run python -m real_data.cas --out {folder})")
+                self.notices.append(f"skipped {folder}: no cas.csv (python -m real_data.cas --checkpoint ... "
+                                    f"--out {folder})")
                 continue
             table = pd.read_csv(table_path)
             matrices = {}

@@ -12,15 +12,14 @@ import pandas as pd
 from synthmodel.dynamics import model_label, variant_label
 
 from . import style
-from .data import MissingData, Sources, point_histories
+from .data import DYNAMICS_COMMAND, REAL_COMMAND, MissingData, Sources, point_histories
 
 
 def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """One row per training point with a history: params, variant, best/last CAS and robust accuracy."""
     points = sources.points
     if points.empty or "hash" not in points:
-        raise MissingData("no training points in the stores "
-                          "(run e.g. python -m synthmodel.sweep --preset paper-dynamics)")
+        raise MissingData("no training points in the stores", DYNAMICS_COMMAND)
     histories = point_histories(sources, points)
     rows = []
     for _, point in points.iterrows():
@@ -34,7 +33,7 @@ def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
                      "cas_best": cas[best], "cas_last": cas[-1],
                      "robust_best": robust[best], "robust_last": robust[-1]})
     if not rows:
-        raise MissingData("no per-epoch histories with CAS and test robust accuracy in the stores")
+        raise MissingData("no per-epoch histories with CAS and test robust accuracy in the stores", DYNAMICS_COMMAND)
     return pd.DataFrame(rows), histories
 
 
@@ -92,7 +91,7 @@ def cas_drop(sources: Sources, out: Path) -> list[Path]:
     table, _ = run_table(sources)
     table = _with_studies(table)
     if "eps" not in table or table["eps"].nunique() < 2:
-        raise MissingData("training points at fewer than two eps values")
+        raise MissingData("training points at fewer than two eps values", DYNAMICS_COMMAND)
     table = table.assign(cas_drop=table["cas_best"] - table["cas_last"])
     counts = table.groupby("study")["eps"].nunique()
     studies = sorted(counts[counts >= 2].index)[:MAX_STUDIES]
@@ -134,7 +133,8 @@ def soft_labels(sources: Sources, out: Path) -> list[Path]:
     variety = table.groupby("setting")["variant"].nunique()
     settings = sorted(variety[variety >= 2].index)[:MAX_STUDIES]
     if not settings:
-        raise MissingData("no setting trained with two or more variants (need AT and a soft-label variant)")
+        raise MissingData("no setting trained with two or more variants (need AT and a soft-label variant)",
+                          DYNAMICS_COMMAND)
     table = table[table["setting"].isin(settings)]
     table = table.assign(cas_gap=table["cas_best"] - table["cas_last"],
                          overfit_gap=table["robust_best"] - table["robust_last"])
@@ -172,8 +172,7 @@ def real_curves(sources: Sources, out: Path) -> list[Path]:
         if len(rows) >= 2:
             runs.append((folder.name, rows))
     if not runs:
-        raise MissingData("no real-data CAS folder with checkpoints of two or more epochs (python -m real_data.cas "
-                          "--checkpoint RUN/epoch_*.pt RUN/last.pt --out DIR; then python -m figures --real DIR)")
+        raise MissingData("no real-data CAS folder with checkpoints of two or more epochs", REAL_COMMAND)
     runs = runs[:MAX_LINES]
     fig, axes = style.figure(ncols=2, width=3.3, height=2.4)
     for i, (name, rows) in enumerate(runs):

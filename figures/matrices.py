@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import style
-from .data import MissingData, Sources, point_histories
+from .data import DYNAMICS_COMMAND, REAL_COMMAND, MissingData, Sources, point_histories
 
 MAX_PANELS = 4  # rows of best/last pairs per figure
 
@@ -55,7 +55,7 @@ def synthetic_matrices(sources: Sources, out: Path) -> list[Path]:
     """C at the best and the last epoch of finite-sample training runs (one seed per setting)."""
     points = sources.points
     if points.empty or "hash" not in points:
-        raise MissingData("no training points in the stores")
+        raise MissingData("no training points in the stores", DYNAMICS_COMMAND)
     histories = point_histories(sources, points)
     pairs = []
     seen = set()
@@ -73,8 +73,7 @@ def synthetic_matrices(sources: Sources, out: Path) -> list[Path]:
         if len(pairs) == MAX_PANELS:
             break
     if not pairs:
-        raise MissingData("no per-epoch class matrices in the stores "
-                          "(run a training sweep, e.g. --preset paper-dynamics)")
+        raise MissingData("no per-epoch class matrices in the stores", DYNAMICS_COMMAND)
     return _pairs_figure(pairs, out, "matrices_synthetic", "Class attribution matrix C, best vs last epoch")
 
 
@@ -107,6 +106,5 @@ def real_matrices(sources: Sources, out: Path) -> list[Path]:
                 (matrices[last], float(cas.get(last, np.nan)), f" ({last})"))
         written += _pairs_figure([pair], out, f"matrices_real_{folder.name}", "Class attribution matrix C (real data)")
     if not written:
-        raise MissingData("no real-data CAS folders (python -m real_data.cas --checkpoint ... --out DIR; "
-                          "then python -m figures --real DIR)")
+        raise MissingData("no real-data CAS folders", REAL_COMMAND)
     return written

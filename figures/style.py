@@ -49,11 +49,13 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
     """Write ``name.png`` and ``name.pdf`` into out_dir (atomically) and close the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    with plt.rc_context(RC):
-        for ext in ("png", "pdf"):
-            target = out_dir / f"{name}.{ext}"
-            with atomic_path(target) as tmp:
-                fig.savefig(tmp, format=ext)
-            written.append(target)
-    plt.close(fig)
+    try:
+        with plt.rc_context(RC):
+            for ext in ("png", "pdf"):
+                target = out_dir / f"{name}.{ext}"
+                with atomic_path(target) as tmp:
+                    fig.savefig(tmp, format=ext)
+                written.append(target)
+    finally:  # also when a write fails: no figure stays open
+        plt.close(fig)
     return written

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import style
-from .data import MissingData, Sources, finite
+from .data import THEORY_COMMAND, MissingData, Sources, finite
 
 FORMALISATION = ["attack", "norm", "weights"]
 ZERO_WEIGHT = 1e-6  # |w1|, |w2| below this: the optimum is the zero model
@@ -18,17 +18,29 @@ DEFAULT_WORLD = {"preset": "paper3", "mu": 1.0, "sigma": 0.5}
 DEFAULT_FORMS = [("joint", "linf", "unconstrained"), ("logitwise", "linf", "unconstrained"),
                  ("pgd", "linf", "unconstrained")]
 DEFAULT_ALPHAS = (0.0, 0.2)
+# claim2_accuracy: the radii, as fractions of each norm's largest (mu / 2 for l_inf, mu / sqrt(2) for l2)
+CLAIM2_FRACTIONS = (0.1, 0.3, 0.5, 0.7)
 
 
-def compute_theory(world: dict, forms, alphas, eps: np.ndarray) -> pd.DataFrame:
-    """Optimal weights, thresholds and CAS by the population engine, in the sweep's theory-point columns."""
+def compute_theory(world: dict, forms, alphas, eps: np.ndarray, progress: bool = False) -> pd.DataFrame:
+    """Optimal weights, thresholds and CAS by the population engine, in the sweep's theory-point columns.
+
+    ``progress``: a bar over the (formalisation, alpha) curves on stderr, shown on a terminal only.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
     from synthmodel import population as pop
 
     model = pop.world_from(world["preset"], mu=world["mu"], sigma=world["sigma"])
     rows = []
+    bar = tqdm(total=len(forms) * len(alphas), desc="theory curves (population engine)", unit="curve",
+               file=sys.stderr, disable=None if progress else True, leave=False)
     for attack, norm, weights in forms:
         eps0 = pop.threshold(model, pop.Formalisation(attack=attack, norm=norm, weights=weights)).eps
         for alpha in alphas:
+            bar.set_postfix_str(f"{attack} {norm} alpha={alpha:g}")
             form = pop.Formalisation(attack=attack, norm=norm, alpha=float(alpha), weights=weights)
             opt = pop.optimal_weights(model, form, eps)
             eps1 = pop.threshold(model, form).eps if alpha else None
@@ -39,6 +51,8 @@ def compute_theory(world: dict, forms, alphas, eps: np.ndarray) -> pd.DataFrame:
                              "weights": weights, "w1": w1, "w2": w2, "ratio": w2 / w1 if w1 else None,
                              "robust_acc": float(acc[i]), "cas": pop.population_cas(model, w1, w2),
                              "cas_adv": pop.population_cas(model, w1, w2, float(e), norm), "eps0": eps0, "eps1": eps1})
+            bar.update()
+    bar.close()
     return pd.DataFrame(rows)
 
 
@@ -52,12 +66,20 @@ def theory_frame(sources: Sources) -> tuple[pd.DataFrame, str]:
             frame[key] = frame[key].fillna(default) if key in frame else default
         return frame, "sweep store"
     if not sources.compute_missing:
-        raise MissingData("no theory points in the stores (run python -m synthmodel.sweep --preset paper-theory)")
+        raise MissingData("no theory points in the stores", THEORY_COMMAND)
     try:
-        eps = np.linspace(0.0, 0.48, 25) * DEFAULT_WORLD["mu"]
-        return compute_theory(DEFAULT_WORLD, DEFAULT_FORMS, DEFAULT_ALPHAS, eps), "population engine (no theory store)"
+        if "theory" not in sources.computed:  # computed once for every figure of this run
+            eps = np.linspace(0.0, 0.48, 25) * DEFAULT_WORLD["mu"]
+            sources.computed["theory"] = compute_theory(DEFAULT_WORLD, DEFAULT_FORMS, DEFAULT_ALPHAS, eps,
+                                                        progress=sources.progress)
+        return sources.computed["theory"], "population engine (no theory store)"
     except ImportError as exc:  # pragma: no cover - the engine ships with the package
         raise MissingData(f"no theory points in the stores and no population engine ({exc})") from None
+
+
+def _classes(preset: str) -> int:
+    """K of a theory preset (paper3 or all-but-one-K)."""
+    return 3 if preset == "paper3" else int(str(preset).removeprefix("all-but-one-"))
 
 
 def _form_label(key) -> str:
@@ -113,7 +135,7 @@ def cas_vs_eps(sources: Sources, out: Path) -> list[Path]:
     frame, origin = theory_frame(sources)
     forms = list(frame.groupby(FORMALISATION, sort=True))
     colours = _alpha_colour(frame["alpha"].unique())
-    fig, axes = style.figure(ncols=len(forms), width=3.0, height=2.4, sharey=True)
+    fig, axes = style.figure(ncols=len(forms), width=3.0, height=2.8, sharey=True)
     for col, (key, group) in enumerate(forms):
         ax = axes[0, col]
         for alpha, curve in group.groupby("alpha"):
@@ -129,11 +151,18 @@ def cas_vs_eps(sources: Sources, out: Path) -> list[Path]:
                     ax.plot(curve["eps"], adversarial, color=colours[alpha], ls="--", label=f"{label}, adversarial")
         ax.set_title(_form_label(key))
         ax.set_xlabel("$\\epsilon$ (input units)")
-    axes[0, 0].set_ylabel("population CAS")
+    classes = sorted({_classes(preset) for preset in frame["preset"]})
+    axes[0, 0].set_ylabel("population CAS\n(range 0 to K(K-1)"
+                          + (f" = {classes[0] * (classes[0] - 1)})" if len(classes) == 1 else ")"))
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)))
-    fig.suptitle(f"CAS of the optimal tied model ({origin}; solid: clean inputs, dashed: adversarial where "
-                 "it differs)", fontsize=9)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)))
+    # why the adversarial curves coincide (synthmodel.population.population_cas): the l_inf worst case moves
+    # every feature by -eps sign(w); with w1, w2 of one sign both attribution entries scale by (mu - eps) / mu,
+    # and C is a ratio of their squares
+    fig.suptitle(f"CAS of the optimal tied model ({origin}), clean inputs. On $\\ell_\\infty$ adversarial inputs "
+                 "every feature mean moves to $\\mu - \\epsilon$ when $w_1, w_2$ share a sign;\nC, a ratio, is then "
+                 "unchanged and the adversarial curve is the clean one (drawn dashed only where $w_1, w_2$ differ in "
+                 "sign)", fontsize=8)
     return style.save(fig, out, "theory_cas")
 
 
@@ -143,7 +172,7 @@ def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
 
     frame = sources.kind("theory")
     if frame.empty and not sources.compute_missing:
-        raise MissingData("no theory points in the stores (run python -m synthmodel.sweep --preset paper-theory)")
+        raise MissingData("no theory points in the stores", THEORY_COMMAND)
     world = dict(DEFAULT_WORLD)
     if not frame.empty:
         first = frame.iloc[0]
@@ -155,20 +184,27 @@ def claim2_accuracy(sources: Sources, out: Path) -> list[Path]:
         for i, norm in enumerate(("linf", "l2")):
             ax = axes[row, i]
             top = 0.5 if norm == "linf" else 0.5 * np.sqrt(2)
-            for j, fraction in enumerate((0.1, 0.3, 0.5, 0.7)):
+            for j, fraction in enumerate(CLAIM2_FRACTIONS):
                 eps = fraction * top * world["mu"]
                 acc = pop.robust_accuracy(model, np.ones_like(ratios), ratios, np.full_like(ratios, eps), norm,
                                           adversary=adversary).value
-                ax.plot(ratios, acc, color=style.PALETTE[j], marker=style.MARKERS[j], markevery=10, ms=3,
-                        label=f"$\\epsilon$={eps:.3g}")
-            ax.axvspan(0, 1, color="0.9", zorder=0, label="Claim 2 range $[0, w_1]$")
+                ax.plot(ratios, acc, color=style.PALETTE[j], marker=style.MARKERS[j], markevery=10, ms=3)
+            ax.axvspan(0, 1, color="0.9", zorder=0)
             if row == 1:
                 ax.set_xlabel("$w_2 / w_1$")
             ax.set_ylabel("robust accuracy")
             who = "joint / logitwise / pgd" if adversary == "pairwise" else "scorewise"
             ax.set_title(f"{who}, {norm}", fontsize=8)
-    for i in range(2):  # the eps of each norm's column
-        axes[1, i].legend(fontsize=6, loc="lower left")
+    # one legend below the panels (inside one it hid curves and the x label): colour = the same fraction of
+    # each norm's largest radius, both radii named
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color=style.PALETTE[j], marker=style.MARKERS[j], ms=3)
+               for j in range(len(CLAIM2_FRACTIONS))] + [Patch(color="0.9")]
+    labels = [f"$\\epsilon$ = {f * 0.5 * world['mu']:.3g} ($\\ell_\\infty$), {f * 0.5 * np.sqrt(2) * world['mu']:.3g} "
+              "($\\ell_2$)" for f in CLAIM2_FRACTIONS] + ["Claim 2 range $[0, w_1]$"]
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7)
     fig.suptitle(f"{world['preset']}, $\\mu$={world['mu']:g}, $\\sigma$={world['sigma']:g}: exact robust accuracy "
                  "of the tied model (grey: Claim 2's range $[0, w_1]$)", fontsize=9)
     return style.save(fig, out, "claim2_accuracy")
@@ -184,7 +220,7 @@ def proofs_check_table(path: Path | None = None) -> dict:
 
     path = path or Path(__file__).resolve().parents[1] / "proofs_check" / "expected.json"
     if not path.exists():
-        raise MissingData(f"no proofs_check table at {path} (python -m proofs_check --summary > {path})")
+        raise MissingData(f"no proofs_check table at {path}", f"python -m proofs_check --summary > {path}")
     return json.loads(path.read_text())
 
 
