@@ -19,6 +19,7 @@ import torch
 
 from experiments.dynamics import SETUP
 from synthmodel import attacks as atk
+from synthmodel.cli import ArgumentParser
 from synthmodel.dynamics import run_dynamics
 from synthmodel.sample import derive_seed, sample
 from synthmodel.train import DTYPES, build_world
@@ -49,7 +50,9 @@ def strong_robust_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     return survived.double().mean().item()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ArgumentParser(prog="python -m experiments.attack_check",
+                   description=__doc__.strip().splitlines()[0].rstrip(",")).parse_args(argv)  # --help, and no options
     torch.set_num_threads(1)
     for extra in CHECKS:
         params = {**SETUP, "model": "mlp", "hidden": [128], "seed": 0, "teacher_from": "none", **extra}

@@ -118,22 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{NORMALIZATIONS}: the statistics a foreign network normalises its [0, 1] inputs with "
                         "(RobustBench and TRADES models: none). Default: those stored in the file (real_data, "
                         "MadryLab robustness), else dataset (the paper's); given, it overrides")
-    p.add_argument("--norm", choices=[n.value for n in Norm], default="linf")
+    p.add_argument("--norm", choices=[n.value for n in Norm], default="linf", help="threat-model norm of the attack")
     p.add_argument("--eps", type=float, default=None, help="1/255 units (default 8 linf, 128 l2)")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
     p.add_argument("--step-size", type=float, default=None, help="1/255 units (default eps/4)")
     p.add_argument("--n", type=int, default=0, help="first n test images (0 = all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="of the attack; features are float32")
-    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                   help="auto = channels_last (faster on CUDA and on CPU)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="launch the attack's kernels one by one instead of replaying CUDA graphs")
     p.add_argument("--autoattack", action="store_true",
                    help="also report AutoAttack's robust accuracy (needs the pyautoattack, autoattack or torchattacks "
                         "package); resumable with --out")
-    p.add_argument("--autoattack-version", choices=VERSIONS, default="standard")
+    p.add_argument("--autoattack-version", choices=VERSIONS, default="standard", help="AutoAttack's attack set")
     p.add_argument("--autoattack-backend", choices=BACKENDS, default="auto",
                    help="auto: the first installed of pyautoattack (the authors' package), autoattack (the "
                         "authors' git install), torchattacks")
