@@ -53,14 +53,14 @@ def places(tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("keep")
     return {"folder": tmp_path / "folder", "file": tmp_path / "file", "under_file": tmp_path / "file" / "x" / "y",
-            "read_only": Path("/proc/crossclass-test/x")}
+            "read_only": Path("/proc/crossclass-test/x"), "read_only_file": Path("/proc/crossclass-test.json")}
 
 
 # -- item: every output place is checked before any work ---------------------------------------------------------
 @pytest.mark.parametrize("case, place, words", [
     ("out", "folder", "is a directory, not a file"),
     ("out", "under_file", "is a file, not a folder"),
-    ("out", "read_only", "does not exist"),
+    ("out", "read_only_file", "refuses new files"),
     ("save", "file", "is a file, not a folder"),
     ("save", "under_file", "cannot be created"),
 ])
