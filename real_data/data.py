@@ -273,9 +273,6 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     if labels.min() < 0:
         raise ValueError(f"{path}: labels must be >= 0, got {int(labels.min())}")
     k = int(labels.max()) + 1
-    present = np.unique(blob["y_train"]).size
-    if present < 2:
-        raise ValueError(f"{path}: the training images hold {present} class; a classifier needs at least 2")
     names = _names(blob["class_names"]) if "class_names" in blob else tuple(str(i) for i in range(k))
     if len(names) < k:
         raise ValueError(f"{path}: {len(names)} class_names for labels up to {k - 1}")
@@ -284,6 +281,8 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         raise ValueError(f"{path}: classes {', '.join(map(str, absent[:10].tolist()))}"
                          f"{' ...' if absent.size > 10 else ''} have no training image (labels must be "
                          f"0..K-1 with every class present)")
+    if len(names) < 2:
+        raise ValueError(f"{path}: the training images hold 1 class; a classifier needs at least 2")
     return blob["x_train"], blob["y_train"].astype(np.int64), blob["x_test"], blob["y_test"].astype(np.int64), names
 
 
