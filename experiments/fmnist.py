@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from synthmodel.sweep import register_preset
+from synthmodel.sweep import register_hook, register_preset
 
 __all__ = ["SETUP", "EPS_GRID", "SOFT_EPS", "SOFT_VARIANTS", "SEEDS", "experiment_points", "all_points"]
 
@@ -121,3 +121,65 @@ def grid_spec(seeds: Sequence[int] | None = None, overrides: Mapping[str, Any] |
 
 register_preset("paper-fmnist", "Fashion-MNIST, small CNN, 500 training images: CAS per epoch under AT, CAS drop "
                 "across eps, AT vs label smoothing vs distillation vs AWP (3 seeds)", grid_spec)
+
+
+# -- tables ----------------------------------------------------------------------------------------
+SUMMARY = ("best_epoch", "best_robust_acc", "robust_acc", "robust_gap", "cas_best", "cas_last", "cas_drop",
+           "clean_acc")
+
+
+def summary_tables(points, history) -> dict[str, Any]:
+    """Mean, sample std and count over seeds, as pandas DataFrames: ``eps`` (plain AT per training eps),
+    ``soft`` (per variant at each eps where several variants ran) and ``epochs`` (plain AT at
+    :data:`SOFT_EPS`, every 5th epoch: test robust and clean accuracy, CAS).
+
+    Args:
+        points: ``read_points(out, status="done")`` of a store holding ``real-train`` points.
+        history: ``read_history(out)`` of the same store.
+    """
+    from figures.dynamics import training_variant
+    from synthmodel.dynamics import _mean_spread
+
+    points = points[points["kind"] == "real-train"]
+    points = points.assign(variant=points.apply(training_variant, axis=1))
+    at = points[points["variant"] == "AT"]
+    tables = {"eps": _mean_spread(at, ["eps"], SUMMARY)}
+    variety = points.groupby("eps")["variant"].nunique()
+    soft = points[points["eps"].isin(variety[variety > 1].index)]
+    if not soft.empty:
+        tables["soft"] = _mean_spread(soft, ["eps", "variant"], SUMMARY)
+    main = at[at["eps"] == SOFT_EPS]
+    if not main.empty and not history.empty:
+        long = history[history["hash"].isin(main["hash"])]
+        last = int(long["epoch"].max())
+        long = long[long["epoch"].isin({1, *range(5, last + 1, 5), last})]
+        tables["epochs"] = _mean_spread(long, ["epoch"], ("test_robust_acc", "test_clean_acc", "cas"))
+    return tables
+
+
+def write_tables(out_dir) -> str | None:
+    """The post-run hook ``real-tables``: :func:`summary_tables` of the store in ``out_dir`` as Markdown, in
+    ``out_dir/real_tables.md``; None (nothing written) when the store holds no finished ``real-train`` point."""
+    from pathlib import Path
+
+    from synthmodel.atomic import write_text
+    from synthmodel.dynamics import _markdown
+    from synthmodel.sweep import read_history, read_points
+
+    out_dir = Path(out_dir)
+    points = read_points(out_dir, status="done")
+    if points.empty or "kind" not in points or not (points["kind"] == "real-train").any():
+        return None
+    titles = {"epochs": f"AT at eps {SOFT_EPS:g}/255, per epoch", "eps": "AT over the training eps (1/255)",
+              "soft": "AT and its soft-label / weight-perturbation variants"}
+    tables = summary_tables(points, read_history(out_dir))
+    n = int((points["kind"] == "real-train").sum())
+    parts = [f"# real-data tables: {n} points of {out_dir / 'sweep.sqlite'} (mean ± sample std over seeds)\n"]
+    parts += [f"## {titles[name]}\n\n{_markdown(tables[name])}\n" for name in ("epochs", "eps", "soft")
+              if name in tables]
+    target = out_dir / "real_tables.md"
+    write_text(target, "\n".join(parts))
+    return str(target)
+
+
+register_hook("real-tables", write_tables)

@@ -43,7 +43,9 @@ def best_last(sources: Sources, out: Path) -> list[Path]:
         raise MissingData(f"the checkpoints of point {point['hash']} are not in {folder}")
     from real_data.checkpoints import model_from_checkpoint
     from real_data.data import load_dataset
-    from real_data.saliency import saliency_grid
+    from real_data.saliency import saliency_figure
+
+    from . import style
 
     try:
         data = load_dataset(point["dataset"])
@@ -58,7 +60,8 @@ def best_last(sources: Sources, out: Path) -> list[Path]:
         models.append(model)
         epoch = blob.get("epoch")
         names.append(f"{which}" + (f" (ep. {epoch})" if epoch is not None else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "real_gradcam.png"
-    saliency_grid(models, names, data, indices, target)
-    return [target]
+    fig = saliency_figure(models, names, data, indices)
+    fig.suptitle(f"Grad-CAM, {point['dataset'].split(':')[0]} eps {point['eps']:g}/255 seed {point['seed']}: "
+                 "best vs last checkpoint", fontsize=8)
+    fig.tight_layout()
+    return style.save(fig, out, "real_gradcam")

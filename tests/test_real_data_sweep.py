@@ -91,6 +91,8 @@ def test_a_sweep_trains_the_points_distils_from_the_at_point_and_the_figures_ren
         assert row["cas_drop"] == pytest.approx(row["cas_best"] - row["cas_last"], abs=0)
         assert row["cas_best"] == epochs["cas"].iloc[int(row["best_epoch"]) - 1]
         assert all(len(m) == 10 and len(m[0]) == 10 for m in epochs["class_matrix"])
+    text = Path(fmnist.write_tables(out)).read_text()
+    assert "AT over the training eps" in text and "AT + KD" in text and "AT + LS 0.2" in text
     made = render(Sources(stores=[out], compute_missing=False), tmp_path / "figures",
                   only=["dynamics_curves", "dynamics_cas_drop", "dynamics_soft_labels", "matrices_synthetic",
                         "real_gradcam"], log=lambda line: None)

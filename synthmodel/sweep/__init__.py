@@ -40,7 +40,8 @@ from .store import STORE_FILE, Store, StoreError, export, read_history, read_poi
 __all__ = [
     "GRID_PRESETS", "Grid", "GridError", "Point", "Preset", "expand_grid", "load_grid", "preset_grid",
     "register_preset", "HISTORY_KEY", "KINDS", "STORE_SCHEMA", "Param", "PointKind", "get_kind",
-    "point_hash", "normalize_params", "point_workdir", "register_kind", "HOOKS", "load_entry_points", "load_plugins", "register_hook", "run_hooks",
+    "point_hash", "normalize_params", "point_workdir", "register_kind", "HOOKS", "load_entry_points",
+    "load_plugins", "register_hook", "run_hooks",
     "EXECUTORS", "SweepSummary", "plan_tasks", "run_sweep", "run_task",
     "STORE_FILE", "Store", "StoreError", "export", "read_history", "read_points", "main",
 ]
