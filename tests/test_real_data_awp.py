@@ -9,6 +9,8 @@ follows them, not the test set; a run with both resumes bit for bit.
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -307,3 +309,11 @@ def test_bad_val_and_awp_settings_give_one_line_and_status_2_before_any_work(tmp
         assert train_cli.main(["--dataset", *args, "--epochs", "2", "--out", str(out), *FAST]) == 2, args
         assert words in _one_error_line(capsys), args
         assert not out.exists()
+
+
+def test_awp_cost_benchmark_runs_with_a_tiny_size():
+    proc = subprocess.run([sys.executable, "benchmarks/real_data_awp_epoch.py", "--train-n", "20", "--batch-size",
+                           "10", "--steps", "1", "--repeats", "1"], capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("AWP / plain") == 2
