@@ -317,3 +317,18 @@ def test_awp_cost_benchmark_runs_with_a_tiny_size():
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("AWP / plain") == 2
+
+
+def test_awp_composes_with_a_teachers_targets(tmp_path, npz):
+    """Mode kd: the ascent and the step use the teacher's soft labels at x_adv, as the plain kd step does."""
+    teacher = tmp_path / "teacher"
+    assert train_cli.main(["--dataset", f"npz:{npz}", "--epochs", "1", "--out", str(teacher), *FAST]) == 0
+    logs = {}
+    for gamma in ("0", "0.02"):
+        out = tmp_path / f"kd{gamma}"
+        assert train_cli.main(["--dataset", f"npz:{npz}", "--mode", "kd", "--teacher", str(teacher / "last.pt"),
+                               "--temperature", "2", "--awp-gamma", gamma, "--epochs", "2", "--out", str(out),
+                               *FAST]) == 0
+        logs[gamma] = pd.read_csv(out / "log.csv")
+        assert np.isfinite(logs[gamma]["train_loss"]).all()
+    assert not logs["0"]["train_loss"].equals(logs["0.02"]["train_loss"])
