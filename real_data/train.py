@@ -164,12 +164,6 @@ class TrainConfig:
     cuda_graphs: bool = option(True, "on CUDA, replay each attack from a CUDA graph (not with --compile)",
                                group="speed")
     eval_batch_size: int = option(512, "images per evaluation batch", bounds=_AT_LEAST_ONE, group="evaluation")
-    val: int = option(0, "hold out N training images to choose best.pt (0 = choose by the test set)",
-                      bounds=_NON_NEGATIVE, metavar="N", group="evaluation")
-    awp_gamma: float = option(0.0, "adversarial weight perturbation size (0 = off)", bounds=_NON_NEGATIVE,
-                              group="objective")
-    awp_warmup: int = option(0, "epochs before the weight perturbation starts", bounds=_NON_NEGATIVE,
-                             group="objective")
 
     def __post_init__(self) -> None:
         if self.milestones is not None:
@@ -214,8 +208,6 @@ class TrainConfig:
         check_fields(self)
         if self.mode == Mode.KD.value and not self.teacher:
             raise ValueError("mode kd needs --teacher CHECKPOINT")
-        if self.val or self.awp_gamma:
-            raise ValueError("--val and --awp-gamma are not available in this build")
         if self.teacher and self.label_smoothing:
             raise ValueError("use either label smoothing or a teacher, not both")
         if self.awp_gamma and self.mode == Mode.STANDARD.value:
