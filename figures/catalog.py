@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import dynamics, matrices, theory
+from . import dynamics, gradcam, matrices, theory
 from .data import MissingData, Sources, discover_stores
 
 __all__ = ["FIGURES", "render", "render_store"]
@@ -28,6 +28,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "dynamics_cas_drop": ("CAS(best) - CAS(last) against eps", dynamics.cas_drop),
     "dynamics_soft_labels": ("AT vs AT + label smoothing vs AT + distillation", dynamics.soft_labels),
     "real_curves": ("CAS and accuracy against the checkpoint's epoch, real data", dynamics.real_curves),
+    "real_gradcam": ("Grad-CAM of a real-data sweep point's best and last checkpoints", gradcam.best_last),
 }
 
 

@@ -15,6 +15,36 @@ from . import style
 from .data import DYNAMICS_COMMAND, REAL_COMMAND, MissingData, Sources, point_histories
 
 
+def _present(row, key: str):
+    value = row.get(key) if hasattr(row, "get") else None
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def study_label(row) -> str:
+    """World and model of a training point: ``paper3 mlp(128)`` (synthetic), ``fashion-mnist small-cnn(16)``
+    (real data: a ``real-train`` point names a dataset)."""
+    dataset = _present(row, "dataset")
+    if dataset is None:
+        return model_label(row)
+    arch = str(_present(row, "arch") or "?")
+    width = _present(row, "width")
+    return f"{str(dataset).split(':')[0]} {arch}" + (f"({int(width)})" if arch == "small-cnn" and width else "")
+
+
+def training_variant(row) -> str:
+    """``AT``, ``AT + LS 0.2``, ``AT + KD``, ``AT + AWP`` (weight perturbation, real data) ..."""
+    if float(_present(row, "awp_gamma") or 0) > 0:
+        return variant_label(row) + " + AWP"
+    if str(_present(row, "mode")) == "kd":
+        return "AT + KD"
+    return variant_label(row)
+
+
+def eps_units(table: pd.DataFrame) -> str:
+    """The unit of the training eps: 1/255 of the pixel range for real data, input units otherwise."""
+    return "1/255" if "dataset" in table and table["dataset"].notna().all() else "input units"
+
+
 def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """One row per training point with a history: params, variant, best/last CAS and robust accuracy."""
     points = sources.points
@@ -29,7 +59,8 @@ def run_table(sources: Sources) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
         robust = history["test_robust_acc"].astype(float).to_numpy()
         best = int(np.argmax(robust))
         cas = history["cas"].astype(float).to_numpy()
-        rows.append({**point.to_dict(), "variant": variant_label(point), "best_epoch": int(history["epoch"].iloc[best]),
+        rows.append({**point.to_dict(), "variant": training_variant(point),
+                     "best_epoch": int(history["epoch"].iloc[best]),
                      "cas_best": cas[best], "cas_last": cas[-1],
                      "robust_best": robust[best], "robust_last": robust[-1]})
     if not rows:
@@ -43,7 +74,7 @@ MAX_LINES = 6      # eps curves per study
 
 def _with_studies(table: pd.DataFrame) -> pd.DataFrame:
     """Adds ``study``: world and model of each point, the unit the experiments compare within."""
-    return table.assign(study=table.apply(model_label, axis=1))
+    return table.assign(study=table.apply(study_label, axis=1))
 
 
 def _mean_history(histories: dict[str, pd.DataFrame], hashes) -> tuple[pd.DataFrame, pd.DataFrame | None, int]:
@@ -113,7 +144,7 @@ def cas_drop(sources: Sources, out: Path) -> list[Path]:
                               mfc="white", label=f"{variant}, last")
         axes[0, col].axhline(0, color="0.5", lw=0.6)
         axes[0, col].set_title(study)
-        axes[1, col].set_xlabel("training $\\epsilon$ (input units)")
+        axes[1, col].set_xlabel(f"training $\\epsilon$ ({eps_units(group)})")
     axes[0, 0].set_ylabel("CAS(best) $-$ CAS(last)")
     axes[1, 0].set_ylabel("test robust accuracy")
     handles, labels = axes[1, 0].get_legend_handles_labels()

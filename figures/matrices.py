@@ -69,7 +69,8 @@ def synthetic_matrices(sources: Sources, out: Path) -> list[Path]:
         seen.add(label)
         best = history.loc[history["test_robust_acc"].astype(float).idxmax()]
         last = history.iloc[-1]
-        pairs.append((label, *(_epoch_panel(record) for record in (best, last))))
+        names = class_names(point)
+        pairs.append((label, *(_epoch_panel(record, names) for record in (best, last))))
         if len(pairs) == MAX_PANELS:
             break
     if not pairs:
@@ -77,16 +78,32 @@ def synthetic_matrices(sources: Sources, out: Path) -> list[Path]:
     return _pairs_figure(pairs, out, "matrices_synthetic", "Class attribution matrix C, best vs last epoch")
 
 
-def _epoch_panel(record: pd.Series) -> tuple[np.ndarray, float, str]:
-    return np.array(record["class_matrix"], float), float(record["cas"]), f" (epoch {int(record['epoch'])})"
+def _epoch_panel(record: pd.Series, names: list[str] | None = None) -> tuple[np.ndarray | pd.DataFrame, float, str]:
+    matrix = np.array(record["class_matrix"], float)
+    if names is not None and len(names) == matrix.shape[0]:
+        matrix = pd.DataFrame(matrix, index=names, columns=names)
+    return matrix, float(record["cas"]), f" (epoch {int(record['epoch'])})"
+
+
+def class_names(point: pd.Series) -> list[str] | None:
+    """Class names of a real-data point's data set (Fashion-MNIST's, MNIST's digits); None otherwise."""
+    dataset = point.get("dataset")
+    if not isinstance(dataset, str):
+        return None
+    from real_data.data import FASHION_MNIST_CLASSES
+
+    kind = dataset.split(":")[0]
+    return list(FASHION_MNIST_CLASSES) if kind == "fashion-mnist" else [str(d) for d in range(10)] \
+        if kind == "mnist" else None
 
 
 def _setting_label(point: pd.Series) -> str:
     parts = []
-    for key in ("experiment", "preset", "model", "mode", "eps", "label_smoothing", "variant"):
+    for key in ("experiment", "preset", "dataset", "model", "arch", "mode", "eps", "label_smoothing", "awp_gamma",
+                "variant"):
         if key in point and isinstance(point[key], (str, int, float)) and not pd.isna(point[key]):
             value = point[key]
-            if key == "label_smoothing" and not value:
+            if key in ("label_smoothing", "awp_gamma") and not value:
                 continue
             parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts) or str(point["hash"])[:8]

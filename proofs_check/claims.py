@@ -237,11 +237,16 @@ def check_formalisation(world: World, spec: dict, alpha: float, n_eps: int = 8,
         row["claims"]["3"] = ClaimResult(Verdict.NOT_COMPUTED, note)
         return row
     th1 = threshold(world, smooth)
-    opt1 = optimal_weights(world, smooth, grid)
     row.update(eps1=th1.eps, convex={"hard": hard.convex, "smoothed": smooth.convex})
-    # claim 3: eps1 > eps0 and w2_LS > w2 on (0, eps1)
+    # claim 3: eps1 > eps0 and w2_LS > w2 on (0, eps1), compared on n_eps points inside (0, eps1) (claim 1's
+    # grid spans (0, mu/2) and can hold a single point below a small eps1)
     half = world.mu / 2
-    inside = grid < (th1.eps if th1.eps is not None else half)
+    upper = th1.eps if th1.eps is not None else half
+    if upper != half:
+        grid = np.linspace(upper / (n_eps + 1), upper * n_eps / (n_eps + 1), n_eps)
+        opt0 = optimal_weights(world, hard, grid)
+    opt1 = optimal_weights(world, smooth, grid)
+    inside = grid < upper
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio0 = np.where(opt0["w1"] != 0, opt0["w2"] / opt0["w1"], np.nan)
         ratio1 = np.where(opt1["w1"] != 0, opt1["w2"] / opt1["w1"], np.nan)

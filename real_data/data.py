@@ -51,7 +51,8 @@ import torch
 from synthmodel.atomic import check_input_file
 
 __all__ = ["ImageData", "Augmentation", "load_dataset", "parse_spec", "to_float", "augment", "read_idx",
-           "pixel_statistics", "train_subset", "stratified_counts", "describe", "augmentation_defaults",
+           "pixel_statistics", "train_subset", "hold_out", "stratified_indices", "stratified_counts", "describe",
+           "augmentation_defaults",
            "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "FASHION_MNIST_CLASSES",
            "FASHION_MNIST_DEBIAN_DIR", "DATASET_KINDS", "DATASET_SPECS", "AUGMENTATIONS", "main"]
 
@@ -468,12 +469,25 @@ def stratified_counts(class_counts: np.ndarray, n: int) -> np.ndarray:
     return take
 
 
+def stratified_indices(labels: np.ndarray, n_classes: int, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` of the items with these labels (K classes), stratified by class.
+
+    Per class, :func:`stratified_counts` items drawn without replacement by ``numpy.random.default_rng(seed)``,
+    class after class. Requires n_classes <= n <= len(labels) and every class present.
+    """
+    counts = np.bincount(labels, minlength=n_classes)
+    take = stratified_counts(counts, n)
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == k), size=int(take[k]), replace=False)
+                                   for k in range(n_classes)]))
+
+
 def train_subset(data: ImageData, n: int, seed: int) -> ImageData:
     """The data set with its training split cut to ``n`` images, stratified by class (0 = unchanged).
 
     Per class, :func:`stratified_counts` images drawn without replacement by ``numpy.random.default_rng
-    (seed)``, kept in their original order. The test split and the normalisation statistics (those of
-    the full training split) are unchanged.
+    (seed)``, kept in their original order (:func:`stratified_indices`). The test split and the normalisation
+    statistics (those of the full training split) are unchanged.
 
     Raises:
         ValueError: ``n`` below the number of classes or above the size of the training split.
@@ -484,14 +498,39 @@ def train_subset(data: ImageData, n: int, seed: int) -> ImageData:
     if not data.n_classes <= n <= total:
         raise ValueError(f"train_n must be between the number of classes ({data.n_classes}) and the "
                          f"{total} training images of {data.name} (0 = all), got {n}")
-    labels = data.y_train.cpu().numpy()
-    counts = np.bincount(labels, minlength=data.n_classes)
-    take = stratified_counts(counts, n)
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == k), size=int(take[k]), replace=False)
-                                     for k in range(data.n_classes)]))
+    chosen = stratified_indices(data.y_train.cpu().numpy(), data.n_classes, n, seed)
     index = torch.from_numpy(chosen).to(data.x_train.device)
     return replace(data, x_train=data.x_train[index], y_train=data.y_train[index])
+
+
+def hold_out(data: ImageData, n: int, seed: int) -> tuple[ImageData, torch.Tensor, torch.Tensor]:
+    """Split ``n`` training images off as a validation set, drawn as :func:`train_subset` draws (stratified).
+
+    Returns:
+        The data set with its training split reduced to the other images (in their original order; test split
+        and normalisation statistics unchanged), and the held-out images uint8 (n, H, W, C) with their labels
+        (n,), in their original order.
+
+    Raises:
+        ValueError: ``n`` below the number of classes or not below the size of the training split, or leaving
+            some class without a training image.
+    """
+    total = data.x_train.shape[0]
+    if not data.n_classes <= n < total:
+        raise ValueError(f"val must be at least the number of classes ({data.n_classes}) and below the {total} "
+                         f"training images of {data.name} (0 = no validation set), got {n}")
+    labels = data.y_train.cpu().numpy()
+    held = stratified_indices(labels, data.n_classes, n, seed)
+    keep = np.setdiff1d(np.arange(total), held, assume_unique=True)
+    emptied = sorted(set(range(data.n_classes)) - set(labels[keep].tolist()))
+    if emptied:
+        names = ", ".join(data.class_names[k] for k in emptied)
+        raise ValueError(f"val {n} would hold out every training image of class {names} of {data.name}; "
+                         "hold out fewer")
+    held_index = torch.from_numpy(held).to(data.x_train.device)
+    keep_index = torch.from_numpy(keep).to(data.x_train.device)
+    return (replace(data, x_train=data.x_train[keep_index], y_train=data.y_train[keep_index]),
+            data.x_train[held_index], data.y_train[held_index])
 
 
 def describe(data: ImageData) -> dict[str, object]:

@@ -28,7 +28,7 @@ from .data import DATASET_SPECS, ImageData, load_dataset, to_float
 from .device import resolve_device
 from .models import ARCH_NAMES, ImageClassifier, arch_name
 
-__all__ = ["grad_cam", "saliency_grid", "build_parser", "main"]
+__all__ = ["grad_cam", "saliency_figure", "saliency_grid", "build_parser", "main"]
 
 
 def grad_cam(model: ImageClassifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,14 @@ def grad_cam(model: ImageClassifier, x: torch.Tensor, target: torch.Tensor) -> t
 
 def saliency_grid(models: list[ImageClassifier], names: list[str], data: ImageData, indices: list[int],
                   path: Path, target: str = "label") -> None:
-    """Rows: test images; columns: the image, then one Grad-CAM overlay per model. Written atomically."""
+    """:func:`saliency_figure` written to ``path`` atomically."""
+    save_figure(saliency_figure(models, names, data, indices, target), path, dpi=120)
+
+
+def saliency_figure(models: list[ImageClassifier], names: list[str], data: ImageData, indices: list[int],
+                    target: str = "label"):
+    """Rows: test images; columns: the image, then one Grad-CAM overlay per model (a matplotlib figure).
+    ``target``: 'label' (the map of the true class) or 'predicted'."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,7 +90,7 @@ def saliency_grid(models: list[ImageClassifier], names: list[str], data: ImageDa
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    return fig
 
 
 def build_parser() -> argparse.ArgumentParser:

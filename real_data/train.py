@@ -9,12 +9,15 @@ checkpoints. Every setting is a field of :class:`TrainConfig` and a flag (``--he
 
 Modes: ``standard`` (clean training), ``at`` (PGD AT, l_inf or l2; ``--label-smoothing`` gives
 AT + label smoothing), ``trades`` (beta 6), ``kd`` (AT against a teacher's soft labels on the same
-adversarial input, ``--teacher FILE``). The objectives, learning-rate schedule, epoch loop, best-epoch
-tracker and epoch record are synthmodel's training core (:mod:`synthmodel.objectives`,
-:mod:`synthmodel.training`), as are the attack and the losses: one implementation of each.
+adversarial input, ``--teacher FILE``); ``--awp-gamma`` adds adversarial weight perturbation (AWP) to at,
+trades and kd (:class:`synthmodel.objectives.WeightPerturbed`). The objectives, learning-rate schedule,
+epoch loop, best-epoch tracker and epoch record are synthmodel's training core
+(:mod:`synthmodel.objectives`, :mod:`synthmodel.training`), as are the attack and the losses: one
+implementation of each.
 
 Output folder: ``config.json``, ``log.csv`` (one row per epoch), ``last.pt`` (everything needed to
-resume: model, optimiser, epoch, RNG states, history), ``best.pt`` (highest test robust accuracy),
+resume: model, optimiser, epoch, RNG states, history), ``best.pt`` (highest test robust accuracy, or with
+``--val N`` highest robust accuracy on N held-out training images),
 ``epoch_NNN.pt`` every ``--save-every`` epochs, each written atomically. ``--resume`` continues from
 ``last.pt``; the continued run equals an uninterrupted one bit for bit on CPU (same device kind required).
 :func:`run` is a run as a function ``settings -> scalars`` (resumable), the shape of a sweep point kind.
@@ -38,7 +41,7 @@ import torch
 from synthmodel.atomic import atomic_path, check_output_dir, write_text
 from synthmodel.attacks import Norm, pgd
 from synthmodel.cli import ArgumentParser
-from synthmodel.objectives import Learner, make_objective, target_loss
+from synthmodel.objectives import Learner, WeightPerturbed, make_objective, target_loss
 from synthmodel.sample import derive_seed
 from synthmodel.schema import (
     REQUIRED,
@@ -54,7 +57,7 @@ from synthmodel.training import SCHEDULES, BestEpoch, EpochRecord, LRSchedule, f
 
 from .checkpoints import CHECKPOINT_FORMAT, load_weights, model_from_checkpoint, read_checkpoint
 from .cpu import tune_allocator
-from .data import DATASET_SPECS, ImageData, augmentation_defaults, load_dataset, to_float, train_subset
+from .data import DATASET_SPECS, ImageData, augmentation_defaults, hold_out, load_dataset, to_float, train_subset
 from .device import MEMORY_FORMATS, PRECISIONS, autocast, precision_dtype, resolve_device, use_channels_last
 from .evaluate import Evaluation, ThreatModel, evaluate
 from .forwards import model_forwards
@@ -76,6 +79,8 @@ _DEFAULT_EPS = {"linf": 8.0, "l2": 128.0}   # in 1/255 pixel units (the official
 _DEFAULT_STEP = {"linf": 2.0, "l2": 16.0}
 _PIXELS = "1/255 pixel units"
 _LINF_RANGE = 255.0  # pixels lie in [0, 255] of these units
+# settings added after runs were first written, with the value that reproduces those runs (Trainer.restore)
+_ADDED_SETTINGS = {"awp_gamma": 0.0, "awp_warmup": 0, "val": 0}
 
 
 def _known_arch(name: str) -> bool:
@@ -118,6 +123,10 @@ class TrainConfig:
     eval_step_size: float | None = option(None, "step of the test attack", units=_PIXELS, bounds=_POSITIVE,
                                           none="eps / 4", group="evaluation")
     eval_n: int = option(0, "test images evaluated per epoch (0 = all)", bounds=_NON_NEGATIVE, group="evaluation")
+    val: int = option(0, "hold out N training images (seeded, class-stratified, never trained on), attack them "
+                         "each epoch with the test attack and choose best.pt by their robust accuracy; the test "
+                         "set then only reports (0 = choose best.pt by the test set, the official recipe)",
+                      bounds=_NON_NEGATIVE, metavar="N", group="evaluation")
     trades_beta: float = option(6.0, "TRADES weight of the KL term", bounds=_NON_NEGATIVE, group="objective")
     label_smoothing: float = option(0.0, "label smoothing alpha", bounds=Bounds(0, 1, high_open=True),
                                     metavar="ALPHA", group="objective")
@@ -127,6 +136,12 @@ class TrainConfig:
                                                   "checkpoints)", check=_known_arch, rule="(an architecture)",
                                group="objective")
     temperature: float = option(1.0, "teacher softmax temperature", bounds=_POSITIVE, group="objective")
+    awp_gamma: float = option(0.0, "adversarial weight perturbation (AWP, modes at, trades, kd): each conv/linear "
+                                   "weight moved up the training loss's gradient by this fraction of its norm "
+                                   "before every step (0 = off; published: 0.01 at, 0.005 trades)",
+                              bounds=_NON_NEGATIVE, metavar="GAMMA", group="objective")
+    awp_warmup: int = option(0, "epochs trained without AWP before it starts", bounds=_NON_NEGATIVE, metavar="EPOCHS",
+                             group="objective")
     epochs: int = option(200, "training epochs", bounds=_AT_LEAST_ONE, group="optimisation")
     batch_size: int = option(128, "images per SGD step", bounds=_AT_LEAST_ONE, group="optimisation")
     lr: float = option(0.1, "initial learning rate (per batch of batch_size)", bounds=_POSITIVE,
@@ -178,6 +193,11 @@ class TrainConfig:
         return Mode.AT.value if self.mode == Mode.KD.value else self.mode
 
     @property
+    def selection_metric(self) -> str:
+        """The log column best.pt is chosen by: validation robust accuracy with ``val``, else test robust accuracy."""
+        return "val_robust_acc" if self.val else "test_robust_acc"
+
+    @property
     def lr_schedule(self) -> LRSchedule:
         return LRSchedule(self.schedule, self.lr, self.epochs, self.milestones, self.gamma)
 
@@ -192,6 +212,12 @@ class TrainConfig:
             raise ValueError("mode kd needs --teacher CHECKPOINT")
         if self.teacher and self.label_smoothing:
             raise ValueError("use either label smoothing or a teacher, not both")
+        if self.awp_gamma and self.mode == Mode.STANDARD.value:
+            raise ValueError("awp_gamma perturbs the weights against the adversarial training loss: use it with mode "
+                             "at, trades or kd, not standard")
+        if self.awp_gamma and self.awp_warmup >= self.epochs:
+            raise ValueError(f"awp_warmup {self.awp_warmup} leaves none of the {self.epochs} epochs to AWP; "
+                             f"choose awp_warmup < epochs")
         if self.milestones is not None:
             if self.schedule != "step":
                 raise ValueError(f"milestones apply to the step schedule, not {self.schedule!r}")
@@ -255,7 +281,7 @@ class Trainer:
         if device.type == "cpu":
             tune_allocator()  # fewer page faults per epoch (real_data.cpu); results unchanged
         self.progress = progress
-        self.data = train_subset(data, config.train_n, derive_seed(config.seed, "train-n")).to(device)
+        self.data, self.val_images, self.val_labels = self._split(data)
         self.amp_dtype = precision_dtype(config.precision, device)
         self.channels_last = use_channels_last(config.memory_format, device)
         c, h, w = data.image_shape
@@ -278,6 +304,8 @@ class Trainer:
         self.teacher = self._load_teacher() if config.teacher else None
         self.objective = make_objective(config.objective,
                                         **({"beta": config.trades_beta} if config.mode == Mode.TRADES.value else {}))
+        # AWP wraps the objective's step from epoch awp_warmup + 1 on (WeightPerturbed); None when off
+        self.awp = WeightPerturbed(self.objective, config.awp_gamma) if config.awp_gamma else None
         self.learner = Learner(forward=lambda x: self.forwards.clean(x), attack=self._attack,
                                loss=target_loss(config.label_smoothing, self.teacher, config.temperature),
                                attacking=config.eps_pixels > 0, model=self.model, natural_mode=config.bn_mode,
@@ -285,6 +313,23 @@ class Trainer:
         self.epoch = 0          # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best = BestEpoch()
+
+    def _split(self, data: ImageData) -> tuple[ImageData, torch.Tensor | None, torch.Tensor | None]:
+        """(training data, held-out validation images, their labels; None without ``val``), on the device.
+
+        The ``val`` images are held out first (seeded by ``seed`` alone: the same validation set for every
+        ``train_n``), then the ``train_n`` subset is drawn from the rest: the two never share an image.
+        """
+        c = self.config
+        seed = derive_seed(c.seed, "train-n")
+        if not c.val:
+            return train_subset(data, c.train_n, seed).to(self.device), None, None
+        total = data.x_train.shape[0]
+        if c.train_n and c.val + c.train_n > total:
+            raise ValueError(f"val {c.val} and train_n {c.train_n} ask for {c.val + c.train_n} of the {total} "
+                             f"training images of {data.name}")
+        rest, images, labels = hold_out(data, c.val, derive_seed(c.seed, "val"))
+        return train_subset(rest, c.train_n, seed).to(self.device), images.to(self.device), labels.to(self.device)
 
     def _load_teacher(self) -> ImageClassifier:
         c = self.config
@@ -303,14 +348,18 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
-        """Run epoch ``self.epoch + 1``: train, evaluate on the test split, record and return its log row."""
+        """Run epoch ``self.epoch + 1``: train, evaluate on the validation set (``val``) and the test split,
+        record and return its log row."""
         c = self.config
         lr, train_loss, train_acc = self.fit_epoch()
         self.epoch += 1
+        val = self.evaluate_val() if c.val else None
         test = self.evaluate_test()
         standard = c.mode == Mode.STANDARD.value
         row = EpochRecord(epoch=self.epoch, lr=lr, train_loss=train_loss, train_acc=train_acc if standard else None,
-                          train_robust_acc=None if standard else train_acc, test_clean_acc=test.clean_acc,
+                          train_robust_acc=None if standard else train_acc,
+                          val_clean_acc=None if val is None else val.clean_acc,
+                          val_robust_acc=None if val is None else val.robust_acc, test_clean_acc=test.clean_acc,
                           test_robust_acc=test.robust_acc, test_robust_loss=test.robust_loss,
                           **attribution_record(test)).as_dict()
         self.history.append(row)
@@ -319,13 +368,15 @@ class Trainer:
     def fit_epoch(self) -> tuple[float, float, float]:
         """One pass of SGD over the shuffled, augmented training split; returns (lr, mean loss, accuracy).
 
-        Does not advance ``self.epoch`` (:meth:`train_epoch` does); the benchmark times this alone.
+        Does not advance ``self.epoch`` (:meth:`train_epoch` does); the benchmark times this alone. With
+        ``awp_gamma`` the steps of epochs past ``awp_warmup`` are AWP steps.
         """
         lr = self.schedule.lr_at(self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        totals = fit_epoch(self.objective, self.learner, self.optimizer, self._batches())
+        objective = self.awp if self.awp is not None and self.epoch >= self.config.awp_warmup else self.objective
+        totals = fit_epoch(objective, self.learner, self.optimizer, self._batches())
         return lr, totals.mean_loss(), totals.accuracy()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -345,17 +396,29 @@ class Trainer:
             x = self.data.augmentation.apply(batch, self.generators["augment"]) if c.augment else to_float(batch)
             yield (x if self.channels_last else x.contiguous()), labels[idx]
 
-    def evaluate_test(self):
+    def eval_threat(self) -> ThreatModel:
+        """The per-epoch evaluation attack (test and validation sets)."""
+        c = self.config
+        return ThreatModel(eps=c.eps_pixels, norm=c.norm, steps=c.eval_steps,
+                           step_size=None if c.eval_step_size is None else c.eval_step_size / 255.0)
+
+    def evaluate_test(self) -> Evaluation:
         """PGD test evaluation (eval mode) with an RNG stream of its own, so it never shifts training RNG."""
         c = self.config
         n = c.eval_n or self.data.x_test.shape[0]
-        threat = ThreatModel(eps=c.eps_pixels, norm=c.norm, steps=c.eval_steps,
-                             step_size=None if c.eval_step_size is None else c.eval_step_size / 255.0)
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(c.seed, "eval", self.epoch))
-        return evaluate(self.model, self.data.x_test[:n], self.data.y_test[:n], threat, generator=generator,
+        return evaluate(self.model, self.data.x_test[:n], self.data.y_test[:n], self.eval_threat(),
+                        generator=generator, batch_size=c.eval_batch_size, amp_dtype=self.amp_dtype,
+                        channels_last=self.channels_last, with_attribution=True, progress=self.progress,
+                        forwards=self.forwards, desc=f"test {self.epoch}", pgd_fn=self.pgd)
+
+    def evaluate_val(self) -> Evaluation:
+        """The test attack on the held-out validation images (an RNG stream of their own); no attribution."""
+        c = self.config
+        generator = torch.Generator(device=self.device).manual_seed(derive_seed(c.seed, "val", self.epoch))
+        return evaluate(self.model, self.val_images, self.val_labels, self.eval_threat(), generator=generator,
                         batch_size=c.eval_batch_size, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                        with_attribution=True, progress=self.progress, forwards=self.forwards,
-                        desc=f"test {self.epoch}", pgd_fn=self.pgd)
+                        progress=self.progress, forwards=self.forwards, desc=f"val {self.epoch}", pgd_fn=self.pgd)
 
     # -- state -------------------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
@@ -375,6 +438,8 @@ class Trainer:
     def restore(self, blob: dict[str, Any], source: str) -> None:
         """Continue from a :meth:`full_checkpoint` (same config and device kind)."""
         stored = blob.get("config")
+        if isinstance(stored, dict):  # runs written before a setting existed resume as runs without it
+            stored = {**_ADDED_SETTINGS, **stored}
         if stored != self.config.to_dict():
             differing = sorted(k for k in self.config.to_dict() if (stored or {}).get(k) != self.config.to_dict()[k])
             raise ValueError(f"{source} was written with other settings ({', '.join(differing)}); resume with the "
@@ -466,7 +531,7 @@ def train(config: TrainConfig, out: str | Path, *, device: str = "auto", resume:
     while trainer.epoch < config.epochs and (stop_after is None or done_now < stop_after):
         row = trainer.train_epoch()
         done_now += 1
-        if trainer.best.update(trainer.epoch, row["test_robust_acc"]):
+        if trainer.best.update(trainer.epoch, row[config.selection_metric]):
             _save(trainer.model_checkpoint(), out / "best.pt")
         if config.save_every and trainer.epoch % config.save_every == 0:
             _save(trainer.model_checkpoint(), out / f"epoch_{trainer.epoch:03d}.pt")
@@ -476,7 +541,8 @@ def train(config: TrainConfig, out: str | Path, *, device: str = "auto", resume:
                           for row in trainer.history]).to_csv(tmp, index=False)
         _save(trainer.full_checkpoint(), last)  # last: the resume point, written after everything else
         if progress:
-            print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f} test clean {row['test_clean_acc']:.4f} "
+            val = f"val robust {row['val_robust_acc']:.4f} " if config.val else ""
+            print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f} {val}test clean {row['test_clean_acc']:.4f} "
                   f"robust {row['test_robust_acc']:.4f}", file=sys.stderr)
     return TrainOutcome(history=trainer.history, best_epoch=trainer.best.epoch, epochs_done=trainer.epoch,
                         model=trainer.model)

@@ -24,8 +24,9 @@ same objectives thus drive :mod:`synthmodel.train` (one model), :mod:`synthmodel
 with an ensemble dimension: losses of shape (E,)) and :mod:`real_data.train` (a network on a GPU).
 
 :meth:`Objective.step` is one optimiser step: the loss (under the learner's autocast), its backward pass and
-the update. An objective that perturbs the weights around the step (AWP, Wu et al. 2020: ascend on the
-weights, take the gradient there, restore them, then update) overrides :meth:`Objective.step`.
+the update; the loss is :meth:`Objective.craft` (the attack) then :meth:`Objective.loss_at` (the loss at what
+was crafted). :class:`WeightPerturbed` (AWP, Wu, Xia and Wang 2020) wraps an objective and overrides the step:
+craft at the weights, ascend on the weights, take the gradient there, restore them, then update.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from torch import nn
 from .attacks import linear_logitwise_logits, preserve_mode
 from .losses import robust_objective, soft_targets, trades_attack_loss, trades_kl
 
-__all__ = ["Learner", "Objective", "Standard", "Adversarial", "Trades", "Logitwise", "Scorewise", "OBJECTIVES",
-           "make_objective", "target_loss", "teacher_logits", "logitwise_objective"]
+__all__ = ["Learner", "Objective", "Standard", "Adversarial", "Trades", "Logitwise", "Scorewise", "WeightPerturbed",
+           "OBJECTIVES", "make_objective", "perturbed_weights", "preserved_buffers", "target_loss", "teacher_logits",
+           "logitwise_objective"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -136,13 +138,25 @@ class Learner:
 
 
 class Objective:
-    """What a step minimises. Subclasses implement :meth:`loss`; :meth:`step` is the optimiser step."""
+    """What a step minimises, in two parts: :meth:`craft` (the attack, at the current weights) and
+    :meth:`loss_at` (the loss at what was crafted); :meth:`loss` is the two in turn, :meth:`step` the optimiser
+    step. Splitting them lets a weight-perturbing objective (:class:`WeightPerturbed`) keep the inputs crafted
+    at the unperturbed weights while it moves the weights."""
 
     name = ""
 
+    def craft(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> Any:
+        """What the loss is taken at, made from a batch x, labels y at the current weights (default: x itself)."""
+        return x
+
+    def loss_at(self, learner: Learner, x: torch.Tensor, y: torch.Tensor,
+                crafted: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loss, logits the training accuracy is counted on, or None) at ``crafted`` (from :meth:`craft`)."""
+        raise NotImplementedError
+
     def loss(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(loss, logits the training accuracy is counted on, or None) of a batch x, labels y."""
-        raise NotImplementedError
+        return self.loss_at(learner, x, y, self.craft(learner, x, y))
 
     def step(self, learner: Learner, x: torch.Tensor, y: torch.Tensor,
              optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -161,9 +175,10 @@ class Standard(Objective):
 
     name = "standard"
 
-    def loss(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = learner.forward(x)
-        return learner.loss(logits, y, x), logits
+    def loss_at(self, learner: Learner, x: torch.Tensor, y: torch.Tensor,
+                crafted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = learner.forward(crafted)
+        return learner.loss(logits, y, crafted), logits
 
 
 class Adversarial(Standard):
@@ -171,12 +186,8 @@ class Adversarial(Standard):
 
     name = "at"
 
-    def loss(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not learner.attacking:
-            return super().loss(learner, x, y)
-        x_adv = learner.attack(x, y)
-        logits = learner.forward(x_adv)
-        return learner.loss(logits, y, x_adv), logits
+    def craft(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return learner.attack(x, y) if learner.attacking else x
 
 
 @dataclass
@@ -187,16 +198,22 @@ class Trades(Objective):
     beta: float = 6.0
     name = "trades"
 
-    def loss(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not learner.attacking:  # x_adv = x: the KL term is 0, one forward pass
-            logits = learner.forward(x)
-            return learner.loss(logits, y, x) + self.beta * trades_kl(logits, logits), logits
+    def craft(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """x_adv; None when eps = 0 (x_adv = x)."""
+        if not learner.attacking:
+            return None
         with torch.no_grad(), learner.natural():
             probs_natural = torch.softmax(_full_precision(learner.forward(x)), dim=1)
-        x_adv = learner.attack(x, probs_natural, loss_fn=trades_attack_loss)
+        return learner.attack(x, probs_natural, loss_fn=trades_attack_loss)
+
+    def loss_at(self, learner: Learner, x: torch.Tensor, y: torch.Tensor,
+                crafted: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if crafted is None:  # x_adv = x: the KL term is 0, one forward pass
+            logits = learner.forward(x)
+            return learner.loss(logits, y, x) + self.beta * trades_kl(logits, logits), logits
         # adversarial logits first, then natural ones: with batch norm in train mode the running statistics
         # see the two batches in this order
-        logits_adv = learner.forward(x_adv)
+        logits_adv = learner.forward(crafted)
         logits = learner.forward(x)
         return learner.loss(logits, y, x) + self.beta * trades_kl(logits, logits_adv), logits_adv
 
@@ -206,7 +223,7 @@ class Logitwise(Objective):
 
     name = "logitwise"
 
-    def loss(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def loss_at(self, learner: Learner, x: torch.Tensor, y: torch.Tensor, crafted: Any) -> tuple[torch.Tensor, None]:
         if learner.logitwise is None:
             raise ValueError("objective 'logitwise' is closed-form for linear models only")
         return learner.logitwise(x, y), None
@@ -217,10 +234,108 @@ class Scorewise(Objective):
 
     name = "scorewise"
 
-    def loss(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def loss_at(self, learner: Learner, x: torch.Tensor, y: torch.Tensor, crafted: Any) -> tuple[torch.Tensor, None]:
         if learner.scorewise is None:
             raise ValueError("objective 'scorewise' is closed-form for linear models only")
         return learner.loss(learner.scorewise(x, y), y, x), None
+
+
+def perturbed_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights :class:`WeightPerturbed` moves: every convolution's and linear layer's ``weight`` that is
+    trained (no biases, no batch-norm parameters, as in the published AWP code), in module order."""
+    layers = (nn.Linear, nn.modules.conv._ConvNd)
+    return [m.weight for m in model.modules()
+            if isinstance(m, layers) and m.weight is not None and m.weight.requires_grad]
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Every buffer of ``model`` (batch norm's running statistics and batch counter) put back as it was on exit:
+    a forward pass in train mode inside leaves no trace."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+@dataclass
+class WeightPerturbed(Objective):
+    """Adversarial weight perturbation (AWP; Wu, Xia and Wang 2020) around another objective's step.
+
+    Per batch: the inner objective crafts its inputs (x_adv) at the weights w; one ascent step on the weights,
+    layer by layer: ``d_l = dL/dw_l``, the gradient of the inner objective's own loss L at those inputs (at, kd:
+    the cross-entropy at x_adv; trades: natural loss + beta KL), taken with every buffer restored afterwards so
+    batch norm's running statistics see only the training pass; ``v_l = gamma ||w_l|| d_l / ||d_l||`` (relative
+    size gamma in every layer, 0 where d_l = 0) for the weights :func:`perturbed_weights` selects; then the loss
+    and its gradient at ``w + v`` (the pass whose batch statistics batch norm keeps, as in the published code);
+    w restored exactly (from a copy, not by subtracting v); then the optimiser step from w with the gradient
+    taken at ``w + v`` (weight decay on w). ``gamma = 0`` is the inner objective's step, bit for bit.
+
+    Attributes:
+        inner: the objective perturbed (at, trades, or at with a teacher's targets).
+        gamma: the relative size of each layer's perturbation (the published defaults: 0.01 AT, 0.005 TRADES).
+
+    The learner must name its ``model`` (the module whose weights move).
+    """
+
+    inner: Objective
+    gamma: float
+    name = "awp"
+
+    def craft(self, learner: Learner, x: torch.Tensor, y: torch.Tensor) -> Any:
+        return self.inner.craft(learner, x, y)
+
+    def loss_at(self, learner: Learner, x: torch.Tensor, y: torch.Tensor,
+                crafted: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.inner.loss_at(learner, x, y, crafted)
+
+    def perturbation(self, learner: Learner, x: torch.Tensor, y: torch.Tensor,
+                     crafted: Any) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(w_l, v_l) for each perturbed weight: one layer-wise normalised ascent step on the inner loss at
+        ``crafted``, the model's buffers unchanged."""
+        if learner.model is None:
+            raise ValueError("weight perturbation needs the learner's model")
+        weights = perturbed_weights(learner.model)
+        with preserved_buffers(learner.model):
+            # an autocast region of its own: autocast caches casts of the weights until its outermost region
+            # ends, and the weights are about to change
+            with learner.autocast():
+                loss, _ = self.inner.loss_at(learner, x, y, crafted)
+            grads = torch.autograd.grad(loss, weights, grad_outputs=torch.ones_like(loss), allow_unused=True)
+        pairs = []
+        with torch.no_grad():
+            for weight, grad in zip(weights, grads, strict=True):
+                if grad is None:  # a layer the loss does not reach: not moved
+                    grad = torch.zeros_like(weight)
+                grad_norm = torch.linalg.vector_norm(grad)
+                scale = torch.where(grad_norm > 0, self.gamma * torch.linalg.vector_norm(weight) / grad_norm, 0.0)
+                pairs.append((weight, grad * scale))
+        return pairs
+
+    def step(self, learner: Learner, x: torch.Tensor, y: torch.Tensor,
+             optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One AWP update; returns the loss and logits at the perturbed weights (what the step descended)."""
+        with learner.autocast():
+            crafted = self.inner.craft(learner, x, y)
+        pairs = self.perturbation(learner, x, y, crafted)
+        saved = [weight.detach().clone() for weight, _ in pairs]
+        with torch.no_grad():
+            for weight, delta in pairs:
+                weight.add_(delta)
+        try:
+            with learner.autocast():
+                loss, logits = self.inner.loss_at(learner, x, y, crafted)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward(torch.ones_like(loss))
+        finally:
+            with torch.no_grad():
+                for (weight, _), value in zip(pairs, saved, strict=True):
+                    weight.copy_(value)
+        optimizer.step()
+        return loss, logits
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (Standard, Adversarial, Trades, Logitwise,

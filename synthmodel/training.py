@@ -7,7 +7,8 @@
   run needs no scheduler state);
 * :func:`fit_epoch`: one pass of :meth:`synthmodel.objectives.Objective.step` over the batches, the
   training loss summed on the device (no host sync per step);
-* :class:`BestEpoch`: the paper's best checkpoint, the first epoch of highest test robust accuracy;
+* :class:`BestEpoch`: the best checkpoint, the first epoch of highest robust accuracy on the selection split (the
+  paper's: the test set; or a held-out validation set);
 * :class:`EpochRecord`: one history entry, the same keys in the same order for every trainer.
 """
 
@@ -140,7 +141,8 @@ def fit_epoch(objective: Objective, learner: Learner, optimizer: torch.optim.Opt
 
 @dataclass
 class BestEpoch:
-    """The first epoch with the highest value (test robust accuracy) seen so far, and what was kept of it."""
+    """The first epoch with the highest value (robust accuracy on the test set, the paper's selection, or on a
+    held-out validation set) seen so far, and what was kept of it."""
 
     epoch: int = 0
     value: float = -1.0
@@ -166,6 +168,8 @@ class EpochRecord:
         train_clean_acc, train_robust_acc, train_robust_loss: on the training set. synthmodel: evaluated after
             the epoch in eval mode; real data: ``train_robust_acc`` is the running accuracy on the attacked
             training batches.
+        val_clean_acc, val_robust_acc: on training images held out from training (real data, ``--val``), with the
+            test attack.
         test_clean_acc, test_robust_acc, test_robust_loss: on the test set after the epoch (robust: the
             evaluation attack, or the exact worst case for linear models).
         cas, class_matrix: CAS and the class matrix C (K x K) on the adversarial test inputs.
@@ -179,6 +183,8 @@ class EpochRecord:
     train_clean_acc: float | None = None
     train_robust_acc: float | None = None
     train_robust_loss: float | None = None
+    val_clean_acc: float | None = None
+    val_robust_acc: float | None = None
     test_clean_acc: float | None = None
     test_robust_acc: float | None = None
     test_robust_loss: float | None = None

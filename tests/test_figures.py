@@ -58,7 +58,9 @@ def _valid(path):
 def test_every_figure_renders_valid_png_and_pdf(store, real, tmp_path):
     notices = []
     made = render(Sources(stores=[store], real=[real]), tmp_path, log=notices.append)
-    assert set(made) == set(FIGURES), notices  # every registered figure had its data
+    # every registered figure had its data (real_gradcam: its checkpoints come from real-data sweep points,
+    # tests/test_real_data_sweep.py)
+    assert set(made) == set(FIGURES) - {"real_gradcam"}, notices
     for files in made.values():
         assert {f.suffix for f in files} == {".png", ".pdf"}
         assert all(_valid(f) for f in files)

@@ -37,7 +37,8 @@ def _linear_problem(seed: int = 0, n: int = 64, k: int = 4, shape=(3, 16, 16)):
     return model, linear, x, y
 
 
-@pytest.mark.parametrize("norm, eps", [("linf", 0.004), ("l2", 0.15)])  # each leaves 30-50% exactly robust
+@pytest.mark.parametrize("norm, eps", [("linf", 0.004), pytest.param("l2", 0.15, marks=pytest.mark.slow)])
+# each leaves 30-50% exactly robust; l2 (about 30 s) runs with the slow tests
 def test_torchattacks_attains_the_exact_robust_set_of_a_linear_model(norm, eps):
     pytest.importorskip("torchattacks")
     model, linear, x, y = _linear_problem()
@@ -255,6 +256,7 @@ def small_run(tmp_path_factory):
     return data, run
 
 
+@pytest.mark.slow  # about 40 s; the resume itself is tested in-process above
 def test_cas_cli_resumes_autoattack_from_its_state(small_run, tmp_path, capsys, monkeypatch):
     pytest.importorskip("pyautoattack")
     data, run = small_run
@@ -275,6 +277,7 @@ def test_cas_cli_resumes_autoattack_from_its_state(small_run, tmp_path, capsys, 
     assert again["autoattack_acc"] == first["autoattack_acc"] <= first["clean_acc"]
 
 
+@pytest.mark.slow  # about 20 s
 def test_cas_cli_reports_autoattack(small_run, tmp_path, capsys, monkeypatch):
     pytest.importorskip("torchattacks")
     data, run = small_run

@@ -161,6 +161,7 @@ def _mixed_grid():
     ]})
 
 
+@pytest.mark.slow  # about 40 s (a Dask LocalCluster starts); determinism across executors
 def test_local_1_and_2_workers_and_a_dask_localcluster_give_identical_results(tmp_path):
     pytest.importorskip("distributed")
     grid = _mixed_grid()

@@ -21,15 +21,27 @@ Format of grid files and of the store: docs/SWEEP.md.
 """
 
 from .grid import GRID_PRESETS, Grid, GridError, Point, Preset, expand_grid, load_grid, preset_grid, register_preset
-from .kinds import HISTORY_KEY, KINDS, STORE_SCHEMA, Param, PointKind, get_kind, point_hash, register_kind
+from .kinds import (
+    HISTORY_KEY,
+    KINDS,
+    STORE_SCHEMA,
+    Param,
+    PointKind,
+    get_kind,
+    normalize_params,
+    point_hash,
+    point_workdir,
+    register_kind,
+)
 from .plugins import HOOKS, load_entry_points, load_plugins, register_hook, run_hooks
 from .runner import EXECUTORS, SweepSummary, plan_tasks, run_sweep, run_task
 from .store import STORE_FILE, Store, StoreError, export, read_history, read_points
 
 __all__ = [
     "GRID_PRESETS", "Grid", "GridError", "Point", "Preset", "expand_grid", "load_grid", "preset_grid",
-    "register_preset", "HISTORY_KEY", "KINDS", "STORE_SCHEMA", "Param", "PointKind", "get_kind", "point_hash",
-    "register_kind", "HOOKS", "load_entry_points", "load_plugins", "register_hook", "run_hooks",
+    "register_preset", "HISTORY_KEY", "KINDS", "STORE_SCHEMA", "Param", "PointKind", "get_kind",
+    "point_hash", "normalize_params", "point_workdir", "register_kind", "HOOKS", "load_entry_points",
+    "load_plugins", "register_hook", "run_hooks",
     "EXECUTORS", "SweepSummary", "plan_tasks", "run_sweep", "run_task",
     "STORE_FILE", "Store", "StoreError", "export", "read_history", "read_points", "main",
 ]

@@ -20,15 +20,17 @@ import hashlib
 import json
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..schema import MISSING, Param
 
 __all__ = ["Param", "PointKind", "KINDS", "register_kind", "get_kind", "normalize_params", "point_hash",
-           "STORE_SCHEMA", "HISTORY_KEY", "MISSING"]
+           "STORE_SCHEMA", "HISTORY_KEY", "MISSING", "WORKDIRS", "point_workdir"]
 
 STORE_SCHEMA = 2          # bump when the store's tables or the hashing change (2: claims, grid name)
 HISTORY_KEY = "_history"  # the one non-scalar entry a results dict may carry
+WORKDIRS = "points"       # <out>/points/<hash>/: the folders of kinds with ``workdir=True``
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class PointKind:
         check: cross-key validation of a complete params dict (raise ValueError); runs before anything runs.
         batch_key: ``params -> hashable`` grouping points that ``run_batch`` can run together (None: alone).
         run_batch: ``[params, ...] -> [results, ...]`` in the same order; module-level function.
+        workdir: ``run`` is called as ``run(params, workdir=PATH)`` with a folder of the point's own,
+            ``<out>/points/<hash>/`` (:func:`point_workdir`), kept across runs: for checkpoints and resumable
+            state (a killed point resumes from there). Not with ``run_batch``. Under Dask the workers must see
+            the same filesystem as the sweep.
     """
 
     name: str
@@ -53,6 +59,11 @@ class PointKind:
     check: Callable[[dict], None] | None = None
     batch_key: Callable[[dict], Hashable | None] | None = None
     run_batch: Callable[[list[dict]], list[dict]] | None = None
+    workdir: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workdir and self.run_batch is not None:
+            raise ValueError(f"point kind {self.name!r}: a kind with a workdir cannot be batched")
 
     def table(self) -> Mapping[str, Param]:
         return self.params() if callable(self.params) else self.params
@@ -110,3 +121,8 @@ def point_hash(kind: str, params: Mapping[str, Any], code_version: str) -> str:
     """Identity of a point: sha256 of its kind, complete params, code version and store schema (32 hex)."""
     text = canonical_json({"kind": kind, "params": dict(params), "code": code_version, "schema": STORE_SCHEMA})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def point_workdir(out_dir: str | Path, point_hash_: str) -> Path:
+    """The folder of a point of a kind with ``workdir=True``: ``<out_dir>/points/<hash>``."""
+    return Path(out_dir) / WORKDIRS / point_hash_

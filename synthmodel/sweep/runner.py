@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import Grid, Point
-from .kinds import HISTORY_KEY, get_kind
+from .kinds import HISTORY_KEY, WORKDIRS, get_kind
 from .store import Store
 
 __all__ = ["Task", "plan_tasks", "run_task", "run_sweep", "SweepSummary", "EXECUTORS"]
@@ -42,6 +42,7 @@ class Task:
     batched: bool
     items: tuple[tuple[str, dict], ...]        # (hash, params)
     threads: int = 1
+    workdirs: str | None = None                # kinds with workdir=True: <out>/points (each point: /<hash>)
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -54,11 +55,12 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 
 def plan_tasks(points: Sequence[Point], todo: set[str], *, max_batch: int = 64, workers: int = 1,
-               threads: int = 1) -> list[Task]:
+               threads: int = 1, out_dir: str | Path | None = None) -> list[Task]:
     """Tasks computing every point whose hash is in ``todo``.
 
     Batch groups come from the whole ``points`` list (see module docstring); unbatched points are sent in
-    chunks sized for load balance (chunking does not affect their results).
+    chunks sized for load balance (chunking does not affect their results). Points of a kind with
+    ``workdir=True`` are sent one per task (they are long) and need ``out_dir``.
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -88,9 +90,15 @@ def plan_tasks(points: Sequence[Point], todo: set[str], *, max_batch: int = 64, 
     for p in singles:
         by_kind.setdefault(p.kind, []).append(p)
     for kind_name, members in by_kind.items():
+        kind = get_kind(kind_name)
+        if kind.workdir:
+            if out_dir is None:
+                raise ValueError(f"points of kind {kind_name!r} need an output folder for their workdirs")
+            root = str(Path(out_dir) / WORKDIRS)
+            tasks += [Task(kind_name, kind.run, False, ((p.hash, p.params),), threads, root) for p in members]
+            continue
         for chunk in _chunks(members, size):
-            tasks.append(Task(kind_name, get_kind(kind_name).run, False, tuple((p.hash, p.params) for p in chunk),
-                              threads))
+            tasks.append(Task(kind_name, kind.run, False, tuple((p.hash, p.params) for p in chunk), threads))
     return tasks
 
 
@@ -173,7 +181,10 @@ def run_task(task: Task) -> list[dict[str, Any]]:
         for hash_, params in task.items:
             start = time.perf_counter()
             try:
-                results = task.func(params)
+                if task.workdirs is None:
+                    results = task.func(params)
+                else:
+                    results = task.func(params, workdir=Path(task.workdirs) / hash_)
             except Exception as exc:  # recorded; the sweep goes on
                 outcomes.append(_failure(hash_, exc, time.perf_counter() - start, 1))
                 continue
@@ -455,7 +466,8 @@ def run_sweep(grid: Grid, out_dir: str | Path, *, executor: str = "local", worke
         wanted = {"pending", "failed"} if retry_failed else {"pending"}
         todo = {p.hash: states[p.hash][1] for p in grid.points if states[p.hash][0] in wanted}  # hash -> attempts
         summary = SweepSummary(grid.name, out_dir, len(grid.points), len(grid.points) - len(todo))
-        tasks = plan_tasks(grid.points, set(todo), max_batch=max_batch, workers=workers, threads=threads)
+        tasks = plan_tasks(grid.points, set(todo), max_batch=max_batch, workers=workers, threads=threads,
+                           out_dir=out_dir)
         store.begin_run()
         pool = _executor(executor, workers, scheduler) if tasks else _Inline()
         bar = _bar(len(grid.points), summary.already_done, progress, grid.name)
