@@ -11,6 +11,9 @@ if ! python -c "import torch" 2>/dev/null; then
     pip install -q "torch==2.13.0"
 fi
 pip install -q -e ".[test,dask,parquet]"
+# the build leaves crossclass.egg-info in the repository root, where it shadows the installed metadata for
+# anything run from here (python -m ..., pytest): a stale copy hides entry points added since (sweep plugins)
+rm -rf crossclass.egg-info
 # optional AutoAttack backend for real_data.cas --autoattack, installed so its tests run; --no-deps because
 # its metadata asks for torchvision, which it never imports and whose PyPI wheel breaks a CPU torch
 pip install -q --no-deps "torchattacks==3.5.1"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["MissingData", "Sources", "discover_stores", "point_histories", "THEORY_COMMAND", "DYNAMICS_COMMAND",
+__all__ = ["MissingData", "Sources", "discover_stores", "point_histories", "THEORY_COMMAND", "DYNAMICS_COMMAND", "FMNIST_COMMAND",
            "REAL_COMMAND"]
 
 
@@ -29,6 +29,7 @@ class MissingData(LookupError):
 # the commands that produce each kind of data (printed beside a skipped figure)
 THEORY_COMMAND = "python -m synthmodel.sweep --preset paper-theory"
 DYNAMICS_COMMAND = "python -m synthmodel.sweep --preset paper-dynamics"
+FMNIST_COMMAND = "python -m synthmodel.sweep --preset paper-fmnist"
 REAL_COMMAND = ("python -m real_data.train --dataset cifar10:DIR --out runs/at && python -m real_data.cas "
                 "--checkpoint runs/at/best.pt runs/at/epoch_*.pt runs/at/last.pt --dataset cifar10:DIR "
                 "--out results/real-at && python -m figures --real results/real-at")

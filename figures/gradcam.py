@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import MissingData, Sources
+from .data import FMNIST_COMMAND, MissingData, Sources
 
 # Fashion-MNIST classes whose look is shared: sleeves (T-shirt/top, pullover, coat, shirt) and soles
 # (sandal, sneaker, ankle boot); one test image of each
@@ -22,7 +22,7 @@ def _chosen_point(points: pd.DataFrame) -> pd.Series:
     variants = points.apply(training_variant, axis=1)
     at = points[variants == "AT"]
     if at.empty:
-        raise MissingData("no plain-AT real-data point")
+        raise MissingData("no plain-AT real-data point", FMNIST_COMMAND)
     counts = points.groupby("eps")["hash"].size()
     eps = counts.idxmax() if counts.max() > counts.min() else sorted(at["eps"])[len(at) // 2]
     chosen = at[at["eps"] == eps] if (at["eps"] == eps).any() else at
@@ -34,13 +34,12 @@ def best_last(sources: Sources, out: Path) -> list[Path]:
     the best checkpoint, of the last (``real_data.saliency``), for one ``real-train`` point of the stores."""
     points = sources.kind("real-train")
     if points.empty:
-        raise MissingData("no real-data training points in the stores "
-                          "(run python -m synthmodel.sweep --preset paper-fmnist)")
+        raise MissingData("no real-data training points in the stores", FMNIST_COMMAND)
     point = _chosen_point(points)
     folder = Path(point["store"]) / "points" / point["hash"]
     files = [folder / "best.pt", folder / "last.pt"]
     if not all(f.is_file() for f in files):
-        raise MissingData(f"the checkpoints of point {point['hash']} are not in {folder}")
+        raise MissingData(f"the checkpoints of point {point['hash']} are not in {folder}", FMNIST_COMMAND)
     from real_data.checkpoints import model_from_checkpoint
     from real_data.data import load_dataset
     from real_data.saliency import saliency_figure
