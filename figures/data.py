@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["MissingData", "Sources", "discover_stores", "point_histories", "THEORY_COMMAND", "DYNAMICS_COMMAND", "FMNIST_COMMAND",
-           "REAL_COMMAND"]
+__all__ = ["MissingData", "Sources", "discover_stores", "point_histories", "THEORY_COMMAND", "DYNAMICS_COMMAND",
+           "FMNIST_COMMAND", "REAL_COMMAND"]
 
 
 class MissingData(LookupError):
