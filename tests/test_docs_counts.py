@@ -46,6 +46,10 @@ def distillation_points() -> int:
     return sum(point.get("teacher_from") == "at_best" for point in _grid_points("paper-dynamics"))
 
 
+def fmnist_points() -> int:
+    return len(_grid_points("paper-fmnist"))
+
+
 def proofs_check_rows() -> int:
     return len(json.loads((ROOT / "proofs_check" / "expected.json").read_text())["formalisations"])
 
@@ -73,6 +77,8 @@ COUNTS = [
     ("docs/EXPERIMENTS.md", r"(\d+) trainings because", dynamics_trainings),
     ("docs/EXPERIMENTS.md", r"each of\s+the (\d+) distillation points", distillation_points),
     ("docs/SWEEP.md", r"eps on (\d+) values", theory_eps_values),
+    ("docs/EXPERIMENTS.md", r"`paper-fmnist` \((\d+) points", fmnist_points),
+    ("README.md", r"paper-fmnist` \((\d+) points", fmnist_points),
     ("docs/dynamics_tables.md", r"# dynamics: all, (\d+) points", dynamics_points),
     ("proofs_check/README.md", r"the default table, (\d+) rows", proofs_check_rows),
     ("real_data/README.md", r"test_real_data_cuda.py` \((\d+) tests", cuda_tests),
