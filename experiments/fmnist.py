@@ -138,22 +138,22 @@ def summary_tables(points, history) -> dict[str, Any]:
         history: ``read_history(out)`` of the same store.
     """
     from figures.dynamics import training_variant
-    from synthmodel.dynamics import _mean_spread
+    from synthmodel.dynamics import mean_spread
 
     points = points[points["kind"] == "real-train"]
     points = points.assign(variant=points.apply(training_variant, axis=1))
     at = points[points["variant"] == "AT"]
-    tables = {"eps": _mean_spread(at, ["eps"], SUMMARY)}
+    tables = {"eps": mean_spread(at, ["eps"], SUMMARY)}
     variety = points.groupby("eps")["variant"].nunique()
     soft = points[points["eps"].isin(variety[variety > 1].index)]
     if not soft.empty:
-        tables["soft"] = _mean_spread(soft, ["eps", "variant"], SUMMARY)
+        tables["soft"] = mean_spread(soft, ["eps", "variant"], SUMMARY)
     main = at[at["eps"] == SOFT_EPS]
     if not main.empty and not history.empty:
         long = history[history["hash"].isin(main["hash"])]
         last = int(long["epoch"].max())
         long = long[long["epoch"].isin({1, *range(5, last + 1, 5), last})]
-        tables["epochs"] = _mean_spread(long, ["epoch"], ("test_robust_acc", "test_clean_acc", "cas"))
+        tables["epochs"] = mean_spread(long, ["epoch"], ("test_robust_acc", "test_clean_acc", "cas"))
     return tables
 
 
@@ -163,7 +163,7 @@ def write_tables(out_dir) -> str | None:
     from pathlib import Path
 
     from synthmodel.atomic import write_text
-    from synthmodel.dynamics import _markdown
+    from synthmodel.dynamics import markdown_table
     from synthmodel.sweep import read_history, read_points
 
     out_dir = Path(out_dir)
@@ -175,7 +175,7 @@ def write_tables(out_dir) -> str | None:
     tables = summary_tables(points, read_history(out_dir))
     n = int((points["kind"] == "real-train").sum())
     parts = [f"# real-data tables: {n} points of {out_dir / 'sweep.sqlite'} (mean ± sample std over seeds)\n"]
-    parts += [f"## {titles[name]}\n\n{_markdown(tables[name])}\n" for name in ("epochs", "eps", "soft")
+    parts += [f"## {titles[name]}\n\n{markdown_table(tables[name])}\n" for name in ("epochs", "eps", "soft")
               if name in tables]
     target = out_dir / "real_tables.md"
     write_text(target, "\n".join(parts))

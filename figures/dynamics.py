@@ -9,35 +9,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synthmodel.dynamics import model_label, variant_label
+from synthmodel.dynamics import model_label, setting, variant_label
 
 from . import style
 from .data import DYNAMICS_COMMAND, REAL_COMMAND, MissingData, Sources, point_histories
 
 
-def _present(row, key: str):
-    value = row.get(key) if hasattr(row, "get") else None
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
-
-
 def study_label(row) -> str:
     """World and model of a training point: ``paper3 mlp(128)`` (synthetic), ``fashion-mnist small-cnn(16)``
     (real data: a ``real-train`` point names a dataset)."""
-    dataset = _present(row, "dataset")
+    dataset = setting(row, "dataset", None)
     if dataset is None:
         return model_label(row)
-    arch = str(_present(row, "arch") or "?")
-    width = _present(row, "width")
+    arch = str(setting(row, "arch", None) or "?")
+    width = setting(row, "width", None)
     return f"{str(dataset).split(':')[0]} {arch}" + (f"({int(width)})" if arch == "small-cnn" and width else "")
 
 
 def training_variant(row) -> str:
     """``AT``, ``AT + LS 0.2``, ``AT + KD``, ``AT + AWP`` (weight perturbation, real data) ..."""
-    if float(_present(row, "awp_gamma") or 0) > 0:
-        return variant_label(row) + " + AWP"
-    if str(_present(row, "mode")) == "kd":
-        return "AT + KD"
-    return variant_label(row)
+    awp = float(setting(row, "awp_gamma", 0.0)) > 0
+    return variant_label(row) + (" + AWP" if awp else "")
 
 
 def eps_units(table: pd.DataFrame) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from synthmodel.schema import Param
-from synthmodel.sweep import PointKind, normalize_params, point_hash, point_workdir, register_kind
+from synthmodel.sweep import PointKind, get_kind, normalize_params, point_hash, point_workdir, register_kind
 
 __all__ = ["KIND", "TEACHER_FROM", "params_table", "teacher_params", "run_point"]
 
@@ -86,7 +86,7 @@ def teacher_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of the AT point whose best checkpoint a ``teacher_from = 'at_best'`` point distils."""
     table = params_table()
     reset = {key: table[key].default for key in _TEACHER_RESET if key in table}
-    return normalize_params(get_real_kind(), {**params, **reset, "mode": "at"})
+    return normalize_params(get_kind(KIND), {**params, **reset, "mode": "at"})
 
 
 @contextlib.contextmanager
@@ -132,10 +132,6 @@ def run_point(params: dict[str, Any], *, workdir: Path) -> dict[str, Any]:
     return _train(params, Path(workdir), teacher)
 
 
-def get_real_kind() -> PointKind:
-    return _KIND
-
-
-_KIND = register_kind(PointKind(
+register_kind(PointKind(
     name=KIND, run=run_point, params=params_table, check=_check, workdir=True,
     description="real-data AT run (real_data.train.TrainConfig keys + teacher_from, device), CAS per epoch"))

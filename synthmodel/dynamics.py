@@ -51,7 +51,7 @@ from .train import DTYPES, TrainConfig, TrainResult, build_world, finite_or_none
 
 __all__ = ["TEACHER_SOURCES", "DynamicsConfig", "run_dynamics", "results_row", "run_point", "run_point_with_history",
            "adversarial_test_inputs", "recompute_cas", "variant_label", "model_label", "epochs_table", "eps_table",
-           "soft_table", "summarize", "write_tables"]
+           "soft_table", "summarize", "write_tables", "setting", "mean_spread", "markdown_table"]
 
 TEACHER_SOURCES = ("none", "at_best")
 
@@ -201,10 +201,11 @@ def recompute_cas(model: torch.nn.Module, config: TrainConfig, epoch: int) -> fl
 
 
 # -- labels (also the figures') ------------------------------------------------------------------
-MODE_LABELS = {"at": "AT", "trades": "TRADES", "standard": "standard"}
+# kd: real_data.train's AT on a teacher's soft labels (its variant then reads "AT + KD")
+MODE_LABELS = {"at": "AT", "trades": "TRADES", "standard": "standard", "kd": "AT"}
 
 
-def _setting(row: Any, key: str, default: Any) -> Any:
+def setting(row: Any, key: str, default: Any) -> Any:
     """``row[key]`` of a dict or a pandas row; ``default`` when absent or NaN (a column other kinds lack)."""
     value = row.get(key, default)
     return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
@@ -213,22 +214,22 @@ def _setting(row: Any, key: str, default: Any) -> Any:
 def variant_label(row: Any) -> str:
     """``AT`` / ``AT + LS <alpha>`` / ``AT + KD`` (``TRADES ...``, ``standard ...`` for those modes) of a training
     or dynamics point's settings (a dict or a pandas row). KD: ``teacher_from = 'at_best'`` or a teacher file."""
-    name = MODE_LABELS.get(str(_setting(row, "mode", "at")), str(_setting(row, "mode", "at")))
-    teacher = _setting(row, "teacher", None)
-    if _setting(row, "teacher_from", "none") == "at_best" or (isinstance(teacher, str) and teacher):
+    name = MODE_LABELS.get(str(setting(row, "mode", "at")), str(setting(row, "mode", "at")))
+    teacher = setting(row, "teacher", None)
+    if setting(row, "teacher_from", "none") == "at_best" or (isinstance(teacher, str) and teacher):
         return f"{name} + KD"
-    alpha = float(_setting(row, "label_smoothing", 0.0))
+    alpha = float(setting(row, "label_smoothing", 0.0))
     return f"{name} + LS {alpha:g}" if alpha > 0 else name
 
 
 def model_label(row: Any) -> str:
     """``world model`` of a training point's settings, e.g. ``paper3 mlp(128)``, ``ring-10 linear``."""
-    model = str(_setting(row, "model", "?"))
+    model = str(setting(row, "model", "?"))
     if model == "mlp":
-        hidden = _setting(row, "hidden", [])
+        hidden = setting(row, "hidden", [])
         widths = json.loads(hidden) if isinstance(hidden, str) else list(hidden)
         model = "mlp(" + ",".join(str(w) for w in widths) + ")"
-    return f"{_setting(row, 'preset', 'paper3')} {model}"
+    return f"{setting(row, 'preset', 'paper3')} {model}"
 
 
 # -- analysis ------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def _prepare(df):
     return df
 
 
-def _mean_spread(df, by: list[str], columns: Sequence[str]):
+def mean_spread(df, by: list[str], columns: Sequence[str]):
     """Mean, sample std and count over seeds of ``columns``, grouped by ``by`` (one row per group)."""
     grouped = df.groupby(by, sort=True)[list(columns)]
     mean, std = grouped.mean(), grouped.std(ddof=1)
@@ -267,7 +268,7 @@ def eps_table(df):
     overfitting gap (AT points only)."""
     df = _prepare(df)
     df = df[df["variant"] == "AT"]
-    return _mean_spread(df, ["model_label", "eps"], SUMMARY_COLUMNS)
+    return mean_spread(df, ["model_label", "eps"], SUMMARY_COLUMNS)
 
 
 def soft_table(df, eps: float | None = None):
@@ -281,7 +282,7 @@ def soft_table(df, eps: float | None = None):
         df = df[df["eps"].isin(variety[variety > 1].index)]
     if df.empty:
         raise ValueError(f"no results at eps={eps}" if eps is not None else "no eps with several variants")
-    return _mean_spread(df, ["model_label", "eps", "variant"], SUMMARY_COLUMNS)
+    return mean_spread(df, ["model_label", "eps", "variant"], SUMMARY_COLUMNS)
 
 
 def epochs_table(df, epochs: Iterable[int] | None = None):
@@ -305,7 +306,7 @@ def epochs_table(df, epochs: Iterable[int] | None = None):
         last = int(long["epoch"].max())
         epochs = sorted({1, *range(5, last + 1, 5), last})
     long = long[long["epoch"].isin(list(epochs))]
-    return _mean_spread(long, ["model_label", "eps", "epoch"], ("test_robust_acc", "cas", "train_robust_loss"))
+    return mean_spread(long, ["model_label", "eps", "epoch"], ("test_robust_acc", "cas", "train_robust_loss"))
 
 
 def summarize(df) -> str:
@@ -315,7 +316,7 @@ def summarize(df) -> str:
                          ("(b) AT over eps", eps_table(df)), ("(c) soft labels", _soft_or_none(df))):
         if table is None or table.empty:
             continue
-        parts.append(f"### {title}\n\n{_markdown(table)}\n")
+        parts.append(f"### {title}\n\n{markdown_table(table)}\n")
     return "\n".join(parts)
 
 
@@ -326,7 +327,7 @@ def _soft_or_none(df):
         return None
 
 
-def _markdown(table) -> str:
+def markdown_table(table) -> str:
     """mean ± std cells, no extra dependency (pandas' to_markdown needs tabulate)."""
     keys = [c for c in table.columns if not c.endswith("_std") and c != "n_seeds"]
     header = "| " + " | ".join(keys + ["n"]) + " |"
