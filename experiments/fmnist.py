@@ -73,14 +73,6 @@ def _point(eps: float, seed: int, overrides: Mapping[str, Any], **changes: Any) 
     return {**SETUP, "eps": eps, "step_size": eps / 4, "seed": seed, **changes, **overrides}
 
 
-def _variants() -> dict[str, dict[str, Any]]:
-    """The soft-label variants this installation can run (AWP only where real_data.train has it)."""
-    from real_data.point import params_table
-
-    table = params_table()
-    return {name: changes for name, changes in SOFT_VARIANTS.items() if set(changes) <= set(table)}
-
-
 def experiment_points(experiment: str, seeds: Sequence[int] | None = None,
                       overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """The ``real-train`` points of one observation.
@@ -99,7 +91,7 @@ def experiment_points(experiment: str, seeds: Sequence[int] | None = None,
         return [_point(SOFT_EPS, s, overrides) for s in seeds]
     if experiment == "eps":
         return [_point(eps, s, overrides) for eps in EPS_GRID for s in seeds]
-    return [_point(SOFT_EPS, s, overrides, **changes) for changes in _variants().values() for s in seeds]
+    return [_point(SOFT_EPS, s, overrides, **changes) for changes in SOFT_VARIANTS.values() for s in seeds]
 
 
 def all_points(seeds: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None
